@@ -1,0 +1,238 @@
+"""models.toml: model entries and presets, validated with pydantic.
+
+The built-in file ships with the package; a user file in the platform config
+directory (or the one SPECS_LOCAL_CONFIG names) adds entries or overrides
+fields of existing ones, key by key.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from app.search.settings import Method, SearchSettings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BUILTIN_CATALOG = Path(__file__).with_name("models.toml")
+DEFAULT_MODELS_DIR = Path.home() / ".cache" / "specs-dev-models"
+
+RewardKind = Literal["judge", "token-prm", "step-tag-prm"]
+
+
+class ConfigError(Exception):
+    """The catalog or a user file is invalid; the message says where."""
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = ""
+    repo: str | None = None  # Hugging Face repo id
+    file: str  # GGUF file name in the repo (or in the models directory)
+    revision: str = "main"
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    size: int | None = Field(None, ge=0)  # bytes, for planning before a download
+    path: str | None = None  # a local file; wins over everything else
+    local: bool = False  # lives in SPECS_LOCAL_MODELS_DIR, never downloaded
+    context: int = Field(4096, ge=256)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> ModelEntry:
+        if not (self.repo or self.path or self.local):
+            raise ValueError("needs a `repo`, a `path`, or `local = true`")
+        return self
+
+    @property
+    def local_path(self) -> Path | None:
+        """Where the file is when it is not in the Hugging Face cache."""
+        if self.path:
+            return Path(os.path.expandvars(self.path)).expanduser()
+        if self.local:
+            return models_dir() / self.file
+        return None
+
+
+class RewardSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: RewardKind
+    model: str
+
+
+class Preset(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = ""
+    description: str = ""
+    draft: str | None = None
+    target: str
+    reward: RewardSpec
+    method: Method = "specs"
+    search: dict[str, Any] = Field(default_factory=dict)
+
+    def settings(self, **overrides: Any) -> SearchSettings:
+        """The preset's search settings with explicit overrides on top."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return SearchSettings(**{**self.search, **given})
+
+    def roles(self) -> dict[str, str]:
+        roles = {"target": self.target, "reward": self.reward.model}
+        if self.draft:
+            roles = {"draft": self.draft, **roles}
+        return roles
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default_preset: str
+    models: dict[str, ModelEntry]
+    presets: dict[str, Preset]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_entries(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for table in ("models", "presets"):
+                for key, value in (data.get(table) or {}).items():
+                    if isinstance(value, dict):
+                        value.setdefault("name", key)
+        return data
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Catalog:
+        for preset in self.presets.values():
+            for role, model in preset.roles().items():
+                if model not in self.models:
+                    raise ValueError(f"preset {preset.name!r}: {role} model {model!r} is not defined")
+            preset.settings()  # the preset's search table must validate
+        if self.default_preset not in self.presets:
+            raise ValueError(f"default_preset {self.default_preset!r} is not defined")
+        return self
+
+    def preset(self, name: str | None) -> Preset:
+        name = name or self.default_preset
+        if name not in self.presets:
+            known = ", ".join(sorted(self.presets))
+            raise ConfigError(f"Unknown preset {name!r}; choose one of: {known}.")
+        return self.presets[name]
+
+    def model(self, name: str) -> ModelEntry:
+        if name not in self.models:
+            known = ", ".join(sorted(self.models))
+            raise ConfigError(f"Unknown model {name!r}; choose one of: {known}.")
+        return self.models[name]
+
+
+def models_dir() -> Path:
+    """Where `local` models (the development models) are looked for."""
+    return Path(os.environ.get("SPECS_LOCAL_MODELS_DIR") or DEFAULT_MODELS_DIR).expanduser()
+
+
+def user_config_path() -> Path:
+    env = os.environ.get("SPECS_LOCAL_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    return platformdirs.user_config_path("specs-local") / "models.toml"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}); fix or remove it.") from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read {path} ({exc.strerror}).") from None
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; any other value in `override` replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_catalog(user_file: Path | None = None) -> Catalog:
+    data = _read_toml(BUILTIN_CATALOG)
+    user_file = user_file or user_config_path()
+    if user_file.is_file():
+        data = merge(data, _read_toml(user_file))
+    try:
+        return Catalog.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(
+            f"Invalid model catalog ({user_file} over the built-in one): {where}: {first['msg']}."
+        ) from None
+
+
+def write_user_overrides(update: dict[str, Any], user_file: Path | None = None) -> Path:
+    """Merge `update` into the user file (created if needed) and return its path."""
+    user_file = user_file or user_config_path()
+    current = _read_toml(user_file) if user_file.is_file() else {}
+    merged = merge(current, update)
+    load_catalog_from = merge(_read_toml(BUILTIN_CATALOG), merged)
+    Catalog.model_validate(load_catalog_from)  # never write a file that will not load
+    user_file.parent.mkdir(parents=True, exist_ok=True)
+    user_file.write_text(dump_toml(merged), encoding="utf-8")
+    return user_file
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """A small TOML writer for the shapes of this catalog (tables of scalars)."""
+    lines: list[str] = []
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{_key(k)} = {scalar(x)}" for k, x in v.items()) + " }"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    def table(prefix: list[str], t: dict[str, Any]) -> None:
+        plain = {k: v for k, v in t.items() if not isinstance(v, dict) or not _is_table(v)}
+        nested = {k: v for k, v in t.items() if k not in plain}
+        if prefix and plain:
+            lines.append(f"[{'.'.join(_key(p) for p in prefix)}]")
+        for k, v in plain.items():
+            lines.append(f"{_key(k)} = {scalar(v)}")
+        if plain:
+            lines.append("")
+        for k, v in nested.items():
+            table(prefix + [k], v)
+
+    table([], data)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _is_table(v: dict[str, Any]) -> bool:
+    # Nested tables of tables become [a.b] headers; flat ones stay inline.
+    return any(isinstance(x, dict) for x in v.values()) or len(v) > 3
+
+
+def _key(k: str) -> str:
+    import re
+
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else '"' + k + '"'
