@@ -72,7 +72,8 @@ class StepPrinter:
             )
             if not self.quiet:
                 colour = "green" if event.origin == "draft" else "yellow"
-                head = click.style(f"[{event.step:>2} {event.origin:<6} r={event.reward:.2f}]", fg=colour)
+                reward = "  -  " if event.reward is None else f"{event.reward:.2f}"
+                head = click.style(f"[{event.step:>2} {event.origin:<6} r={reward}]", fg=colour)
                 click.echo(f"{head} {event.text.strip()}")
         elif isinstance(event, Deferred) and not self.quiet:
             click.secho(f"     deferred to the target: {event.reason}", dim=True)

@@ -133,7 +133,7 @@ class StepAccepted(Event):
     id: str
     origin: Origin
     text: str
-    reward: float
+    reward: float | None  # None: the method did not consult the reward model (greedy, RSD's target steps)
     score: float
 
 

@@ -1,0 +1,44 @@
+"""The headless layers never load llama_cpp or textual (checked in a fresh interpreter)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADLESS = [
+    "engines.base",
+    "engines.scripted",
+    "app.search",
+    *sorted(f"app.search.{p.stem}" for p in (ROOT / "app" / "search").glob("*.py") if p.stem != "__init__"),
+]
+
+
+def test_search_and_scripted_engines_import_neither_llama_cpp_nor_textual() -> None:
+    assert "app.search.specs" in HEADLESS and "app.search.steps" in HEADLESS
+    code = (
+        "import importlib, sys\n"
+        f"for name in {HEADLESS!r}: importlib.import_module(name)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('llama_cpp', 'textual'))\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_a_search_runs_without_llama_cpp_or_textual() -> None:
+    code = (
+        "import sys\n"
+        "from app.search import run\n"
+        "from app.search.settings import SearchSettings\n"
+        "from engines.scripted import ARITHMETIC_QUESTION, scripted_engines\n"
+        "e = scripted_engines()\n"
+        "f = run('specs', ARITHMETIC_QUESTION, e, SearchSettings(), clock=e.clock)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('llama_cpp', 'textual'))\n"
+        "print(f.answer, ','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["42"]
