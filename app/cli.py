@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     from engines.base import EngineError
 
     try:
-        cli.main(args=argv, prog_name="specs-local", standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead
+        # of calling sys.exit.
+        returned = cli.main(args=argv, prog_name="specs-local", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         return 130
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return 130
-    return 0
+    return returned if isinstance(returned, int) else 0
 
 
 if __name__ == "__main__":

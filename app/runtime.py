@@ -36,8 +36,8 @@ def open_engines(
     threads: int | None = None,
     n_gpu_layers: int | None = None,
 ) -> Iterator[Engines]:
-    """`paths` maps each model name of the preset to its local file
-    (see `app.hub.ensure_models`)."""
+    """`paths` maps each role of the preset ("draft", "target", "reward") to
+    its local file (see `app.hub.ensure_models`)."""
     from engines.llama import LlamaModel, check_shared_vocab
     from engines.reward import build_reward
 
@@ -46,13 +46,13 @@ def open_engines(
     with ExitStack() as stack:
         loaded: dict[str, LlamaModel] = {}
 
-        def model(name: str, key: str | None = None) -> LlamaModel:
+        def model(role: str, name: str, key: str | None = None) -> LlamaModel:
             key = key or name
             if key not in loaded:
                 entry = catalog.model(name)
                 loaded[key] = stack.enter_context(
                     LlamaModel(
-                        paths[name],
+                        paths[role],
                         name=name,
                         n_ctx=entry.context,
                         n_seq_max=n_seq_max,
@@ -62,11 +62,11 @@ def open_engines(
                 )
             return loaded[key]
 
-        target = model(preset.target)
+        target = model("target", preset.target)
         # The draft always gets a context of its own, so that its time and
         # tokens are its own even when it is the same file as the target.
-        draft = model(preset.draft, key="draft:" + preset.draft) if preset.draft else None
+        draft = model("draft", preset.draft, key="draft:" + preset.draft) if preset.draft else None
         if draft is not None:
             check_shared_vocab(draft, target)
-        reward = build_reward(preset.reward.kind, model(preset.reward.model))
+        reward = build_reward(preset.reward.kind, model("reward", preset.reward.model))
         yield Engines(target=target, reward=reward, draft=draft)

@@ -12,6 +12,7 @@ HEADLESS = [
     "engines.scripted",
     "app.search",
     *sorted(f"app.search.{p.stem}" for p in (ROOT / "app" / "search").glob("*.py") if p.stem != "__init__"),
+    *sorted(f"app.eval.{p.stem}" for p in (ROOT / "app" / "eval").glob("*.py") if p.stem != "__init__"),
 ]
 
 

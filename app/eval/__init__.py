@@ -1,0 +1,1 @@
+"""Benchmarks: datasets, grading, the bench runner, reports and calibration."""

@@ -1,0 +1,373 @@
+"""Run search methods side by side on a dataset and keep one JSON line per run.
+
+Arms (a method, optionally with settings of its own) run on the same problems
+with the same per-problem seed, interleaved problem by problem and in a
+rotating order, so that machine noise (thermal throttling, a browser waking
+up) falls on every arm alike. Each finished run is appended to
+`DIR/results.jsonl` and flushed at once: an interrupted benchmark keeps what
+it finished, and a rerun with the same output directory skips it.
+
+`DIR/config.json` records what the results mean (dataset, preset, models,
+search settings, runtime). A directory written under another configuration
+is refused rather than mixed; choosing other problems (--limit, --ids) or
+adding arms is allowed, since each line stands on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from app.errors import UserError
+from app.eval.datasets import Problem
+from app.eval.grading import grade_answer
+from app.search.answer import last_boxed
+from app.search.events import Event, Finished
+from app.search.settings import METHODS, SearchSettings
+from app.search.types import Engines
+from engines.base import Cancelled
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.jsonl"
+CONFIG = "config.json"
+CONFIG_VERSION = 1
+# The parts of config.json that change what a result line means.
+IDENTITY_KEYS = ("dataset", "preset", "models", "settings", "runtime")
+DRAFT_METHODS = frozenset({"specs", "rsd", "beam-draft"})
+
+EnginesFactory = Callable[[], AbstractContextManager[Engines]]
+SearchFn = Callable[..., Finished]
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One column of the comparison: a method, maybe with its own settings."""
+
+    label: str  # the `method` field of result lines
+    method: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_methods(text: str) -> list[Arm]:
+    """`specs,beam,greedy` -> arms; an unknown name is the user's to fix."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise UserError(f"--methods is empty; name one or more of {', '.join(METHODS)}.")
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise UserError(f"Unknown method {unknown[0]!r} in --methods; choose from {', '.join(METHODS)}.")
+    return [Arm(m, m) for m in dict.fromkeys(names)]
+
+
+def check_draft(arms: Sequence[Arm], has_draft: bool, preset: str = "the engines") -> None:
+    needing = [a.method for a in arms if a.method in DRAFT_METHODS]
+    if needing and not has_draft:
+        raise UserError(
+            f"{needing[0]} needs a draft model and {preset} has none; choose a preset with a draft or drop {needing[0]}."
+        )
+
+
+def problem_seed(seed: int, problem_id: str) -> int:
+    """The same seed for every arm on a problem, a different one per problem."""
+    return zlib.crc32(f"{seed}:{problem_id}".encode()) & 0x7FFFFFFF
+
+
+# --- the output directory ------------------------------------------------------
+
+
+def claim_out_dir(out_dir: Path, config: dict[str, Any], arms: Sequence[Arm]) -> None:
+    """Create DIR/config.json, or check that DIR was written by this configuration."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / CONFIG
+    recorded_arms: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            raise UserError(f"{path} is not a benchmark configuration; pass another --out or delete {out_dir}.") from None
+        difference = _first_difference({k: old.get(k) for k in IDENTITY_KEYS}, {k: config.get(k) for k in IDENTITY_KEYS})
+        recorded_arms = old.get("arms", {})
+        for arm in arms:
+            if arm.label in recorded_arms and recorded_arms[arm.label] != _arm_json(arm):
+                difference = f"arms.{arm.label} was {recorded_arms[arm.label]}, now {_arm_json(arm)}"
+        if difference:
+            raise UserError(
+                f"{out_dir} holds results of another configuration ({difference}); "
+                "pass a new --out, or delete the directory to start over."
+            )
+    merged = {**config, "version": CONFIG_VERSION, "arms": {**recorded_arms, **{a.label: _arm_json(a) for a in arms}}}
+    path.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _arm_json(arm: Arm) -> dict[str, Any]:
+    return {"method": arm.method, "overrides": arm.overrides}
+
+
+def _first_difference(old: Any, new: Any, where: str = "") -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            found = _first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+            if found:
+                return found
+        return None
+    return None if old == new else f"{where} was {old!r}, now {new!r}"
+
+
+def read_results(out_dir: Path) -> list[dict[str, Any]]:
+    """The result lines of DIR, the last one per (id, method); torn lines are dropped."""
+    path = out_dir / RESULTS
+    if not path.is_file():
+        return []
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                latest[(str(row["id"]), str(row["method"]))] = row
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a line cut short by a kill; its run is redone
+    return list(latest.values())
+
+
+@contextmanager
+def _appender(path: Path) -> Iterator[Callable[[dict[str, Any]], None]]:
+    # A kill mid-write can leave a line without its newline; start a fresh one.
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, 2)
+            torn = f.read(1) != b"\n"
+    else:
+        torn = False
+    with open(path, "a", encoding="utf-8") as f:
+        if torn:
+            f.write("\n")
+
+        def write(row: dict[str, Any]) -> None:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+
+        yield write
+
+
+# --- progress ---------------------------------------------------------------------
+
+
+class Progress(Protocol):
+    def start(self, total: int, done: int) -> None: ...
+
+    def advance(self, row: dict[str, Any]) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+# --- running ----------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    total: int  # runs the selection asks for
+    already: int  # found done in DIR
+    ran: int  # written this time
+    errors: int  # of those, runs that raised
+    interrupted: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.already - self.ran
+
+
+def run_bench(
+    problems: Sequence[Problem],
+    arms: Sequence[Arm],
+    settings: SearchSettings,
+    out_dir: Path,
+    open_engines: EnginesFactory,
+    *,
+    config: dict[str, Any],
+    trace_dir: Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    clock: Clock = time.monotonic,
+    progress: Progress | None = None,
+    retry_errors: bool = False,
+    search: SearchFn | None = None,
+) -> Outcome:
+    """Run every arm on every problem not yet done in `out_dir`.
+
+    `open_engines` is entered only when there is work left. A KeyboardInterrupt
+    or `should_stop` ends the run between (or, through the search, inside)
+    runs; finished lines stay written and the outcome says `interrupted`.
+    """
+    if search is None:
+        from app.search import run as search
+    claim_out_dir(out_dir, config, arms)
+    done = {
+        (str(r["id"]), str(r["method"]))
+        for r in read_results(out_dir)
+        if not (retry_errors and r.get("error"))
+    }
+    todo = [
+        (problem, arm)
+        for index, problem in enumerate(problems)
+        for arm in _rotated(arms, index)
+        if (problem.id, arm.label) not in done
+    ]
+    outcome = Outcome(total=len(problems) * len(arms), already=len(problems) * len(arms) - len(todo), ran=0, errors=0)
+    if not todo:
+        return outcome
+    if trace_dir is not None:
+        trace_dir.mkdir(parents=True, exist_ok=True)
+    if progress is not None:
+        progress.start(outcome.total, outcome.already)
+    try:
+        with open_engines() as engines, _appender(out_dir / RESULTS) as write:
+            check_draft(arms, engines.draft is not None)
+            for problem, arm in todo:
+                if should_stop is not None and should_stop():
+                    outcome.interrupted = True
+                    break
+                row = _run_one(problem, arm, settings, engines, search, clock, should_stop, trace_dir)
+                if row is None:  # the search was cancelled mid-run: nothing to keep
+                    outcome.interrupted = True
+                    break
+                write(row)
+                outcome.ran += 1
+                outcome.errors += bool(row["error"])
+                if progress is not None:
+                    progress.advance(row)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+    finally:
+        if progress is not None:
+            progress.stop()
+    return outcome
+
+
+def _rotated(arms: Sequence[Arm], index: int) -> list[Arm]:
+    shift = index % len(arms)
+    return [*arms[shift:], *arms[:shift]]
+
+
+def _run_one(
+    problem: Problem,
+    arm: Arm,
+    base: SearchSettings,
+    engines: Engines,
+    search: SearchFn,
+    clock: Clock,
+    should_stop: Callable[[], bool] | None,
+    trace_dir: Path | None,
+) -> dict[str, Any] | None:
+    seed = problem_seed(base.seed, problem.id)
+    settings = SearchSettings(**{**base.model_dump(), **arm.overrides, "seed": seed})
+    row: dict[str, Any] = {"id": problem.id, "method": arm.label, "search": arm.method, "seed": seed}
+    if arm.overrides:
+        row["settings"] = arm.overrides
+    with _trace_sink(trace_dir, problem.id, arm.label) as emit:
+        start = clock()
+        try:
+            finished = search(arm.method, problem.problem, engines, settings,
+                              emit=emit, should_stop=should_stop, clock=clock)
+        except Cancelled:
+            return None
+        except Exception as exc:  # one problem's failure (context full, a bug) must not end the benchmark
+            log.warning("%s on %s failed", arm.label, problem.id, exc_info=True)
+            return {**row, **_failed(problem, clock() - start, f"{type(exc).__name__}: {exc}")}
+        latency = clock() - start
+    if finished.cancelled:
+        return None
+    answer = finished.answer if finished.answer is not None else last_boxed(finished.solution)
+    graded = grade_answer(answer, problem.answer)
+    stats = finished.stats
+    return {
+        **row,
+        "answer": answer,
+        "reference": problem.answer,
+        "correct": graded.correct,
+        "judge": graded.judge,
+        "latency": latency,
+        "wall_seconds": stats.wall_seconds,
+        "overhead_seconds": stats.overhead_seconds,
+        "models": {
+            role: {"seconds": m.seconds, "native_seconds": m.native_seconds,
+                   "generated": m.generated, "prefilled": m.prefilled}
+            for role, m in stats.models.items()
+        },
+        "steps": stats.steps,
+        "draft_steps": stats.draft_steps,
+        "target_steps": stats.target_steps,
+        "deferrals": stats.deferrals,
+        "switches": stats.switches,
+        "acceptance": stats.acceptance_rate,
+        "error": finished.error,
+    }
+
+
+def _failed(problem: Problem, latency: float, error: str) -> dict[str, Any]:
+    return {
+        "answer": None, "reference": problem.answer, "correct": False, "judge": "none",
+        "latency": latency, "wall_seconds": latency, "overhead_seconds": 0.0, "models": {},
+        "steps": 0, "draft_steps": 0, "target_steps": 0, "deferrals": 0, "switches": 0,
+        "acceptance": 0.0, "error": error,
+    }
+
+
+@contextmanager
+def _trace_sink(trace_dir: Path | None, problem_id: str, label: str) -> Iterator[Callable[[Event], None]]:
+    if trace_dir is None:
+        yield lambda event: None
+        return
+    from app.search.trace import TraceWriter
+
+    with TraceWriter(trace_dir / trace_name(problem_id, label)) as writer:
+        yield writer
+
+
+def trace_name(problem_id: str, label: str) -> str:
+    safe = lambda s: re.sub(r"[^A-Za-z0-9._=-]+", "_", s)
+    return f"{safe(problem_id)}.{safe(label)}.jsonl"
+
+
+class RichProgress:
+    """A progress bar with ETA and running accuracy per arm, on stderr."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichBar
+
+        self._bar = RichBar(
+            TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[scores]}"),
+            console=Console(stderr=True), transient=False,
+        )
+        self._task: Any = None
+        self._scores: dict[str, list[int]] = {}
+
+    def start(self, total: int, done: int) -> None:
+        self._bar.start()
+        self._task = self._bar.add_task("bench", total=total, completed=done, scores="")
+
+    def advance(self, row: dict[str, Any]) -> None:
+        right, seen = self._scores.setdefault(row["method"], [0, 0])
+        self._scores[row["method"]] = [right + bool(row["correct"]), seen + 1]
+        scores = "  ".join(f"{m} {r}/{n}" for m, (r, n) in self._scores.items())
+        self._bar.update(self._task, advance=1, scores=scores)
+
+    def stop(self) -> None:
+        self._bar.stop()
