@@ -62,6 +62,8 @@ def cli(ctx: click.Context, verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("llama.cpp").setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)
+    # huggingface_hub logs through its own stderr handler already.
+    logging.getLogger("huggingface_hub").propagate = False
     if ctx.invoked_subcommand is None:
         ctx.invoke(cli.get_command(ctx, "tui"))
 

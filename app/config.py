@@ -102,11 +102,16 @@ class Catalog(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _name_entries(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for table in ("models", "presets"):
-                for key, value in (data.get(table) or {}).items():
-                    if isinstance(value, dict):
-                        value.setdefault("name", key)
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)  # never write the entry names back into the caller's tables
+        for table in ("models", "presets"):
+            entries = data.get(table)
+            if isinstance(entries, dict):
+                data[table] = {
+                    key: {"name": key, **value} if isinstance(value, dict) else value
+                    for key, value in entries.items()
+                }
         return data
 
     @model_validator(mode="after")

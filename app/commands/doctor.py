@@ -1,0 +1,226 @@
+"""`specs-local doctor`: the llama.cpp build, the hardware, and whether each preset fits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from app import hub
+from app.config import Catalog, ModelEntry, Preset, load_catalog
+from app.runtime import sequence_capacity
+from engines import system
+from engines.base import ModelLoadError
+from engines.gguf_info import attention_shape, read_header
+
+# Without the file, the KV cache is estimated from the weights: 32 KiB of f16
+# cache per token per GB of Q4 weights is above every model of the catalog
+# (Llama-3.1-8B: 26.6 KiB, Qwen2.5-1.5B: 29, Qwen2.5-7B: 12), so an estimate
+# errs towards "does not fit".
+_KV_PER_TOKEN_PER_GB = 32 * 1024
+_ASSUMED_VOCAB = 152_064  # Qwen2.5's, the largest vocabulary in the catalog
+# engines/llama.py sizes its logits buffer for max(n_seq_max, min(n_batch, 64)) rows.
+_MIN_OUTPUT_ROWS = 64
+_TIGHT = 0.9  # above this share of the available memory a preset is "tight"
+
+
+@dataclass(frozen=True)
+class ModelNeed:
+    """One model instance as app.runtime loads it: weights, KV cache and logits buffer."""
+
+    model: str
+    roles: tuple[str, ...]
+    weights: int
+    kv_cache: int
+    logits: int
+    context: int
+    measured: bool  # sized from the file's GGUF header, not estimated
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The memory a preset has to fit in."""
+
+    bytes: int
+    label: str  # e.g. "free memory of NVIDIA H200" or "free RAM"
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def command(as_json: bool) -> None:
+    """Check the llama.cpp build, the hardware, and the memory each preset needs."""
+    catalog = load_catalog()
+    report = examine(catalog)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print(report)
+
+
+def examine(catalog: Catalog) -> dict[str, Any]:
+    """Everything doctor reports, as plain data."""
+    try:
+        build: system.LlamaBuild | None = system.llama_build()
+        build_error = None
+    except system.LlamaUnavailable as exc:
+        build, build_error = None, str(exc)
+    memory = system.host_memory()
+    gpus = system.nvidia_gpus()
+    budget = _budget(build, memory, gpus)
+    presets = {}
+    for name, preset in catalog.presets.items():
+        needs = preset_needs(preset, catalog)
+        total = sum(n.weights + n.kv_cache + n.logits for n in needs)
+        presets[name] = {
+            "total": total,
+            "weights": sum(n.weights for n in needs),
+            "kv_cache": sum(n.kv_cache for n in needs),
+            "logits": sum(n.logits for n in needs),
+            "estimated": not all(n.measured for n in needs),
+            "fits": _verdict(total, budget),
+            "models": [asdict(n) for n in needs],
+        }
+    return {
+        "llama_cpp": {"available": build is not None, "error": build_error, **(_build_info(build) if build else {})},
+        "hardware": {
+            "threads": system.llama_threads(),
+            "usable_cpus": system.usable_cpus(),
+            "ram_total": memory.total,
+            "ram_available": memory.available,
+            "nvidia_gpus": [asdict(g) for g in gpus],
+        },
+        "budget": asdict(budget),
+        "presets": presets,
+        "advice": _advice(build, build_error),
+    }
+
+
+def preset_needs(preset: Preset, catalog: Catalog) -> list[ModelNeed]:
+    """The model instances app.runtime.open_engines creates for a preset, sized."""
+    rows = sequence_capacity(preset.settings())
+    # Mirrors open_engines: the target, a context of the draft's own, and the
+    # reward model unless it is the target (a judge on the target shares it).
+    instances: dict[str, tuple[str, list[str]]] = {preset.target: (preset.target, ["target"])}
+    if preset.draft:
+        instances["draft:" + preset.draft] = (preset.draft, ["draft"])
+    instances.setdefault(preset.reward.model, (preset.reward.model, []))[1].append("reward")
+    return [_model_need(catalog.model(model), tuple(roles), rows) for model, roles in instances.values()]
+
+
+def _model_need(entry: ModelEntry, roles: tuple[str, ...], n_seq_max: int) -> ModelNeed:
+    output_rows = max(n_seq_max, _MIN_OUTPUT_ROWS)
+    path = hub.resolve_model(entry)
+    if path is not None:
+        try:
+            header = read_header(path)
+            shape = attention_shape(header)
+        except ModelLoadError:  # a damaged file is sized like a missing one; `download` replaces it
+            pass
+        else:
+            context = min(entry.context, shape.context_length or entry.context)  # as the engine caps it
+            vocab = header.array_lengths.get("tokenizer.ggml.tokens", _ASSUMED_VOCAB)
+            return ModelNeed(
+                model=entry.name, roles=roles, weights=path.stat().st_size,
+                kv_cache=shape.kv_bytes_per_token() * context, logits=vocab * output_rows * 4,
+                context=context, measured=True,
+            )
+    weights = entry.size or 0
+    return ModelNeed(
+        model=entry.name, roles=roles, weights=weights,
+        kv_cache=int(weights / 1e9 * _KV_PER_TOKEN_PER_GB) * entry.context,
+        logits=_ASSUMED_VOCAB * output_rows * 4, context=entry.context, measured=False,
+    )
+
+
+def _budget(build: system.LlamaBuild | None, memory: system.HostMemory, gpus: list[system.NvidiaGpu]) -> Budget:
+    ram = memory.available if memory.available is not None else memory.total
+    ram_label = "free RAM" if memory.available is not None else "RAM (total; free is not known here)"
+    if build is None or not build.gpu_offload:
+        return Budget(ram, ram_label)
+    # The engine offloads every layer and the KV cache when the build can.
+    dedicated = [d for d in build.devices if d.kind == "GPU"]
+    if dedicated:
+        best = max(dedicated, key=lambda d: d.free)
+        return Budget(best.free, f"free memory of {best.description}")
+    if gpus:
+        best_gpu = max(gpus, key=lambda g: g.free)
+        return Budget(best_gpu.free, f"free memory of {best_gpu.name}")
+    return Budget(ram, f"{ram_label} (shared with the integrated GPU)")
+
+
+def _verdict(total: int, budget: Budget) -> str:
+    if total > budget.bytes:
+        return "no"
+    return "tight" if total > _TIGHT * budget.bytes else "yes"
+
+
+def _build_info(build: system.LlamaBuild) -> dict[str, Any]:
+    return {
+        "version": build.version,
+        "backends": list(build.backends),
+        "gpu_backends": list(build.gpu_backends),
+        "gpu_offload": build.gpu_offload,
+        "devices": [asdict(d) for d in build.devices],
+        "system_info": build.system_info,
+    }
+
+
+def _advice(build: system.LlamaBuild | None, build_error: str | None) -> list[str]:
+    backend = system.suggested_gpu_backend()
+    gpu = "an NVIDIA GPU" if backend == "CUDA" else "an Apple GPU"
+    if build is None:
+        lines = [build_error or "llama-cpp-python is not installed."]
+        if backend:
+            lines.append(f"This machine has {gpu}; install it with {backend}:\n  {system.rebuild_command(backend)}")
+        return lines
+    if build.gpu_backends:
+        return []
+    if backend:
+        return [f"This llama.cpp build runs on the CPU only, but this machine has {gpu}; rebuild it with {backend}:\n"
+                f"  {system.rebuild_command(backend)}"]
+    return [
+        "This llama.cpp build runs on the CPU only and no GPU was found. With an NVIDIA GPU, rebuild it with CUDA:\n"
+        f"  {system.rebuild_command('CUDA')}\nor on Apple silicon with Metal:\n  {system.rebuild_command('Metal')}"
+    ]
+
+
+def _print(report: dict[str, Any]) -> None:
+    size = hub.format_size
+    llama = report["llama_cpp"]
+    click.echo("llama.cpp")
+    if llama["available"]:
+        click.echo(f"  llama-cpp-python {llama['version']}, backends: {', '.join(llama['backends']) or 'none'}")
+        click.echo(f"  GPU offload: {'yes' if llama['gpu_offload'] else 'no'}")
+        for device in llama["devices"]:
+            memory = f"{size(device['free'])} free of {size(device['total'])}"
+            click.echo(f"  device {device['name']}: {device['description']} ({device['kind']}, {memory})")
+        click.echo(f"  {llama['system_info']}")
+    else:
+        click.echo(f"  not available: {llama['error']}")
+    hw = report["hardware"]
+    click.echo("hardware")
+    click.echo(f"  threads: {hw['threads']} (of {hw['usable_cpus']} usable CPUs)")
+    free_ram = size(hw["ram_available"]) if hw["ram_available"] is not None else "?"
+    click.echo(f"  RAM: {free_ram} free of {size(hw['ram_total'])}")
+    for gpu in hw["nvidia_gpus"]:
+        click.echo(f"  GPU: {gpu['name']}, {size(gpu['free'])} free of {size(gpu['total'])} (nvidia-smi)")
+    if not hw["nvidia_gpus"]:
+        click.echo("  GPU: none found by nvidia-smi")
+
+    budget = report["budget"]
+    click.echo(f"presets, against {size(budget['bytes'])} {budget['label']} (~: estimated, a file is not downloaded)")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("preset", "weights", "KV cache", "logits", "total", "fits"):
+        table.add_column(column, justify="left" if column in ("preset", "fits") else "right", no_wrap=True)
+    for name, need in report["presets"].items():
+        mark = "~" if need["estimated"] else ""
+        fits = {"yes": "[green]yes[/]", "tight": "[yellow]tight[/]", "no": "[red]no[/]"}[need["fits"]]
+        table.add_row(name, *(mark + size(need[k]) for k in ("weights", "kv_cache", "logits", "total")), fits)
+    Console(soft_wrap=False).print(table)
+    for line in report["advice"]:
+        click.echo(line)

@@ -1,0 +1,127 @@
+"""`specs-local models`: presets and models, what each is, and whether it is here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from app import hub
+from app.config import Catalog, ModelEntry, load_catalog, models_dir, user_config_path
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  specs-local models
+  specs-local models --json | jq '.presets.paper.ready'
+  specs-local models --paths
+""",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--paths", is_flag=True, help="Show the user catalog file, the models folder and the Hugging Face cache.")
+def command(as_json: bool, paths: bool) -> None:
+    """List presets and their models: role, quantisation, size, and where each file is."""
+    if paths:
+        places = {
+            "user_config": str(user_config_path()),
+            "user_config_exists": user_config_path().is_file(),
+            "models_dir": str(models_dir()),
+            "hf_cache": str(hub.hub_cache_dir()),
+        }
+        if as_json:
+            click.echo(json.dumps(places, indent=2))
+        else:
+            state = "" if places["user_config_exists"] else " (not created yet)"
+            click.echo(f"user catalog:       {places['user_config']}{state}")
+            click.echo(f"models folder:      {places['models_dir']}  (SPECS_LOCAL_MODELS_DIR)")
+            click.echo(f"Hugging Face cache: {places['hf_cache']}  (HF_HOME)")
+        return
+    catalog = load_catalog()
+    listing = describe(catalog)
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+    else:
+        Console(soft_wrap=False).print(_table(catalog, listing))
+
+
+def describe(catalog: Catalog) -> dict[str, Any]:
+    """Presets and models as plain data (what `--json` prints)."""
+    found = {name: hub.resolve_model(entry) for name, entry in catalog.models.items()}
+    models = {name: _model_info(entry, found[name], catalog) for name, entry in catalog.models.items()}
+    presets = {
+        name: {
+            "description": preset.description,
+            "default": name == catalog.default_preset,
+            "method": preset.method,
+            "roles": preset.roles(),
+            "reward_kind": preset.reward.kind,
+            "ready": all(found[model] is not None for model in preset.roles().values()),
+        }
+        for name, preset in catalog.presets.items()
+    }
+    return {"default_preset": catalog.default_preset, "presets": presets, "models": models}
+
+
+def _model_info(entry: ModelEntry, path: Path | None, catalog: Catalog) -> dict[str, Any]:
+    return {
+        "repo": entry.repo,
+        "file": entry.file,
+        "revision": entry.revision,
+        "quantisation": hub.quantisation(entry.file),
+        "size": path.stat().st_size if path else entry.size,
+        "present": path is not None,
+        "path": str(path) if path else None,
+        "local": entry.local,
+        "context": entry.context,
+        "presets": [name for name, p in catalog.presets.items() if entry.name in p.roles().values()],
+    }
+
+
+def _table(catalog: Catalog, listing: dict[str, Any]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, caption="* the default preset", caption_justify="left", pad_edge=False)
+    table.add_column("preset", no_wrap=True)
+    table.add_column("role", no_wrap=True)
+    table.add_column("model and where it is", overflow="fold", ratio=1)
+    table.add_column("quant", no_wrap=True)
+    table.add_column("size", no_wrap=True, justify="right")
+    in_presets: set[str] = set()
+    for name, preset in listing["presets"].items():
+        label = f"{name} *" if preset["default"] else name
+        for i, (role, model) in enumerate(preset["roles"].items()):
+            in_presets.add(model)
+            role_label = f"reward\n({preset['reward_kind']})" if role == "reward" else role
+            cells = _model_cells(catalog, listing["models"][model], model, name)
+            table.add_row(label if i == 0 else "", role_label, *cells)
+        table.add_section()
+    for model, info in listing["models"].items():
+        if model not in in_presets:
+            table.add_row("", "", *_model_cells(catalog, info, model, None))
+    return table
+
+
+def _model_cells(catalog: Catalog, info: dict[str, Any], model: str, preset: str | None) -> list[str]:
+    """The model with where its file is (or how to get it), its quantisation and size (~: from the catalog)."""
+    quant = info["quantisation"] or "?"
+    if info["present"]:
+        return [f"{escape(model)}\n[green]{escape(_home(info['path']))}[/]", quant, hub.format_size(info["size"])]
+    entry = catalog.models[model]
+    if entry.repo:
+        fix = f"run `specs-local download {preset or model}`"
+    elif entry.local:
+        fix = f"put it in {_home(str(models_dir()))}"
+    else:
+        fix = f"not at {entry.path}"
+    size = f"~{hub.format_size(info['size'])}" if info["size"] else "?"
+    return [f"{escape(model)}\n[red]missing:[/] {escape(fix)}", quant, size]
+
+
+def _home(path: str) -> str:
+    home = str(Path.home())
+    return "~" + path[len(home):] if path.startswith(home + "/") else path
