@@ -17,7 +17,6 @@ from app.runtime import sequence_capacity
 from app.search.settings import SearchSettings
 from engines import system
 
-pytest_plugins = ["fakehub"]
 
 TINY_KV_PER_TOKEN = 2 * 2 * (16 + 16) * 2  # scripts/tiny_gguf.py's shape, f16
 

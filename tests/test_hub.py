@@ -24,7 +24,6 @@ from engines.base import VocabularyMismatch
 if TYPE_CHECKING:
     from fakehub import FakeHub
 
-pytest_plugins = ["fakehub"]
 
 DRAFT_REPO, TARGET_REPO = "test-org/tiny-draft-GGUF", "test-org/tiny-target-GGUF"
 LLAMA_REPO = "test-org/tiny-llama-GGUF"

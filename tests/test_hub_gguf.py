@@ -16,7 +16,6 @@ from engines.gguf_info import MAGIC, attention_shape, check_gguf, read_header
 if TYPE_CHECKING:
     from fakehub import FakeHub
 
-pytest_plugins = ["fakehub"]
 
 
 @pytest.fixture

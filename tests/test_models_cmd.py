@@ -12,7 +12,6 @@ import pytest
 from app.cli import main
 from app.config import dump_toml
 
-pytest_plugins = ["fakehub"]
 
 
 @pytest.fixture
