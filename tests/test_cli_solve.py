@@ -1,0 +1,176 @@
+"""`specs-local solve` end to end: real llama.cpp on tiny GGUFs, bad input, and
+one real-model run on the development model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from app.search.events import Finished, SearchStarted, StepAccepted
+from app.search.trace import read_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_catalog(path: Path, draft: Path, target: Path, *, search: str = "") -> Path:
+    """A user catalog whose `tiny` preset runs the given files."""
+    path.write_text(
+        f"""
+[models.tiny-draft]
+path = "{draft}"
+file = "{draft.name}"
+context = 512
+
+[models.tiny-target]
+path = "{target}"
+file = "{target.name}"
+context = 512
+
+[presets.tiny]
+draft = "tiny-draft"
+target = "tiny-target"
+reward = {{ kind = "judge", model = "tiny-target" }}
+search = {{ max_steps = 3, max_step_tokens = 8, n = 2 {search} }}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def tiny_preset(tmp_path: Path, tiny_qwen: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    catalog = write_catalog(tmp_path / "models.toml", tiny_qwen, tiny_qwen)
+    monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(catalog))
+    monkeypatch.setenv("SPECS_LOCAL_THREADS", "1")
+    return catalog
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("method", ["specs", "beam", "greedy"])
+def test_solve_json_on_tiny_models(method: str, tiny_preset: Path, tmp_path: Path, capsys) -> None:
+    trace = tmp_path / "run.jsonl"
+    code, out, err = run_cli(
+        ["solve", "What is 1 + 1?", "--preset", "tiny", "--method", method, "--seed", "3", "--json", "--trace", str(trace)],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert set(result) >= {"answer", "steps", "stats", "solution"}
+    assert result["method"] == method and result["preset"] == "tiny"
+    assert result["steps"], "a search accepts at least one step"
+    assert all(step["origin"] in ("draft", "target") for step in result["steps"])
+    assert result["stats"]["wall_seconds"] > 0
+    assert result["stats"]["models"]["target"]["generated"] + result["stats"]["models"]["target"]["prefilled"] > 0
+
+    events = list(read_trace(trace))
+    assert isinstance(events[0], SearchStarted) and isinstance(events[-1], Finished)
+    accepted = [e for e in events if isinstance(e, StepAccepted)]
+    assert [s["text"] for s in result["steps"]] == [e.text for e in accepted]
+    assert events[-1].solution == result["solution"]
+
+
+def test_solve_streams_steps_and_the_footer(tiny_preset: Path, capsys) -> None:
+    code, out, err = run_cli(["solve", "What is 1 + 1?", "--preset", "tiny", "--seed", "1"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert any(line.lstrip().startswith("[ 0 target") for line in lines), out
+    assert any(line.startswith("answer: ") for line in lines)
+    assert "latency" in lines[-1] and "acceptance" in lines[-1]
+
+
+def test_same_seed_gives_the_same_search(tiny_preset: Path, capsys) -> None:
+    args = ["solve", "What is 2 + 2?", "--preset", "tiny", "--seed", "5", "--json", "--temperature", "0.8"]
+    first = json.loads(run_cli(args, capsys)[1])
+    second = json.loads(run_cli(args, capsys)[1])
+    assert first["solution"] == second["solution"]
+    assert [s["origin"] for s in first["steps"]] == [s["origin"] for s in second["steps"]]
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["solve", "   "], "question is empty"),
+        (["solve", "q", "--preset", "nope"], "Unknown preset 'nope'"),
+        (["solve", "q", "--method", "magic"], "'magic' is not one of"),
+        (["solve", "q", "--n", "0"], "Invalid --n"),
+        (["solve", "q", "--temperature", "-1"], "Invalid --temperature"),
+        (["solve", "q", "--n", "2", "--beam-width", "4"], "cannot exceed n=2"),
+        (["solve", "q", "--tau-accept", "high"], "'high' is not a valid float"),
+        (["solve", "q", "--bogus"], "No such option '--bogus'"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_exit_2(args: list[str], says: str, tiny_preset: Path, capsys) -> None:
+    code, out, err = run_cli(args + ["--preset", "tiny"] if "--preset" not in args else args, capsys)
+    assert code == 2
+    assert says in err
+    assert "Traceback" not in err and out == ""
+
+
+def test_a_question_longer_than_the_context_names_both_lengths(tiny_preset: Path, capsys) -> None:
+    code, out, err = run_cli(["solve", "add these " * 400, "--preset", "tiny"], capsys)
+    assert code == 2
+    assert "512" in err and "Traceback" not in err
+
+
+def test_missing_models_are_named_with_the_command_that_fetches_them(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SPECS_LOCAL_MODELS_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(tmp_path / "none.toml"))
+    code, out, err = run_cli(["solve", "What is 12 + 30?", "--preset", "cpu-dev"], capsys)
+    assert code == 2
+    assert "qwen2.5-coder-0.5b-instruct" in err and "fetch-dev-models.sh" in err
+
+
+def test_a_corrupt_model_file_is_one_sentence_not_a_crash(tmp_path: Path, tiny_qwen: Path, monkeypatch, capsys) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(tiny_qwen.read_bytes()[:5000])  # a download cut off
+    monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(write_catalog(tmp_path / "m.toml", broken, tiny_qwen)))
+    code, out, err = run_cli(["solve", "What is 1 + 1?", "--preset", "tiny"], capsys)
+    assert code == 2
+    assert "broken.gguf" in err and "Traceback" not in err
+
+
+def test_the_command_line_entry_point_exits_2_in_a_fresh_process(tiny_preset: Path) -> None:
+    """The console script itself (not only `main`) turns errors into exit codes."""
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "solve", "", "--preset", "tiny"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: The question is empty")
+
+
+@pytest.mark.real
+def test_real_small_model_as_draft_target_and_judge_answers_42(
+    dev_model_small: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The cpu-dev preset with the 0.5B development model in all three roles
+    (a user file overrides the preset's target and judge)."""
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(
+        '[presets.cpu-dev]\ntarget = "qwen2.5-coder-0.5b-instruct"\n'
+        'reward = { kind = "judge", model = "qwen2.5-coder-0.5b-instruct" }\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(catalog))
+    monkeypatch.setenv("SPECS_LOCAL_MODELS_DIR", str(dev_model_small.parent))
+    code, out, err = run_cli(
+        ["solve", "What is 12 + 30?", "--preset", "cpu-dev", "--json", "--max-steps", "6", "--seed", "0"],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["answer"] == "42", result["solution"]
+    assert result["stats"]["models"]["draft"]["generated"] > 0
