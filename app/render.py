@@ -1,0 +1,84 @@
+"""Plain-text formatting of search results, shared by `solve`, the TUI and `bench`.
+
+No Textual and no Rich here: these return strings, so every reader of the event
+stream says the same numbers the same way.
+"""
+
+from __future__ import annotations
+
+import re
+
+from app.search.events import Stats
+
+# Roles in the order a reader meets them in a SPECS step.
+ROLES = ("draft", "target", "reward")
+
+_NUMBER = re.compile(r"[-+]?\d[\d,]*(\.\d+)?")
+
+
+def generated_tokens(stats: Stats) -> int:
+    """Tokens sampled by the policy models (the reward model only reads)."""
+    return sum(stats.models[role].generated for role in ("draft", "target") if role in stats.models)
+
+
+def tokens_per_second(stats: Stats) -> float:
+    """Policy tokens sampled per second of wall time, the rate a user waits on."""
+    if stats.wall_seconds <= 0:
+        return 0.0
+    return generated_tokens(stats) / stats.wall_seconds
+
+
+def acceptance(stats: Stats) -> str:
+    """`67% (4/6)`: share of accepted steps that the draft wrote."""
+    return f"{stats.acceptance_rate:.0%} ({stats.draft_steps}/{stats.steps})"
+
+
+def used_roles(stats: Stats) -> list[str]:
+    """The roles that did any work, in draft, target, reward order.
+
+    An idle draft (beam search on a preset that has one) is left out.
+    """
+    return [
+        role for role in ROLES
+        if role in stats.models and (stats.models[role].seconds > 0 or stats.models[role].generated > 0)
+    ]
+
+
+def stats_footer(stats: Stats) -> str:
+    """One line of the numbers a run is judged by, e.g.
+
+    `latency 12.3 s · draft 4.1 s · target 6.0 s · reward 1.9 s · 85 tok/s ·
+    acceptance 67% (4/6) · deferrals 2`
+
+    Models the run did not use are left out; acceptance and deferrals only mean
+    something when a draft model took part.
+    """
+    roles = used_roles(stats)
+    parts = [f"latency {stats.wall_seconds:.1f} s"]
+    parts += [f"{role} {stats.models[role].seconds:.1f} s" for role in roles]
+    parts.append(f"{tokens_per_second(stats):.0f} tok/s")
+    if "draft" in roles:
+        parts.append(f"acceptance {acceptance(stats)}")
+        parts.append(f"deferrals {stats.deferrals}")
+    return " · ".join(parts)
+
+
+def speedup(fast_seconds: float, slow_seconds: float) -> str:
+    """`2.4x faster` / `1.3x slower`: how the first latency compares with the second."""
+    if fast_seconds <= 0 or slow_seconds <= 0:
+        return "no ratio (a run took no time)"
+    ratio = slow_seconds / fast_seconds
+    if ratio >= 1:
+        return f"{ratio:.1f}x faster"
+    return f"{1 / ratio:.1f}x slower"
+
+
+def is_number(answer: str) -> bool:
+    """Whether an answer is a plain number (drawn with big digits in the TUI)."""
+    return _NUMBER.fullmatch(answer.strip()) is not None
+
+
+def one_line(text: str, width: int) -> str:
+    """Text on one line, cut to `width` cells with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: max(width - 1, 0)] + "…"

@@ -1,0 +1,1 @@
+"""The Textual terminal app: one file per widget, fed only by search events."""
