@@ -7,7 +7,7 @@
 #   bash scripts/setup.sh --dev-models    # + the two small development GGUFs
 #
 # llama-cpp-python builds from source (minutes). The build flags follow the
-# machine unless CMAKE_ARGS is set: CUDA when nvcc is found, Metal on Apple
+# machine unless CMAKE_ARGS is set: CUDA when nvcc and a GPU are found, Metal on Apple
 # silicon, otherwise a portable AVX2 CPU build (a `-march=native` build can
 # crash with SIGILL on VMs that hide CPU features). The built wheel is kept in
 # ~/.cache/specs-local/wheels keyed by the flags, so a rebuild is skipped.
@@ -37,7 +37,8 @@ llama_version=0.3.36
 if [[ -z ${CMAKE_ARGS:-} ]]; then
   if [[ $(uname -s) == Darwin ]]; then
     CMAKE_ARGS="-DGGML_METAL=on"
-  elif command -v nvcc >/dev/null 2>&1; then
+  elif command -v nvcc >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    # nvcc alone is not enough: CI images carry the toolkit without a GPU.
     CMAKE_ARGS="-DGGML_CUDA=on"
   else
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
