@@ -148,6 +148,7 @@ class SpecsApp(App[None]):
         self._last_batch = 0.0
         self._latency_stale = False
         self.last_ended: SearchEnded | None = None
+        self._views: tuple[BeamView, RewardChart, DeferralLog, LatencyPanel] | tuple[()] = ()
 
     # -- layout --------------------------------------------------------------------
 
@@ -391,6 +392,8 @@ class SpecsApp(App[None]):
     # -- events in -----------------------------------------------------------------------
 
     def _pull(self) -> None:
+        if self._closing_down:
+            return
         now = time.monotonic()
         if self._latency_stale and now - self._latency_painted >= LATENCY_TICK:
             self._paint_latency()
@@ -405,6 +408,8 @@ class SpecsApp(App[None]):
             self.post_message(ended)
 
     def on_search_events(self, message: SearchEvents) -> None:
+        if self._closing_down:
+            return
         beam, rewards, deferrals, latency = self._views
         rewards_changed = False
         rows = len(rewards.steps)
@@ -450,6 +455,8 @@ class SpecsApp(App[None]):
 
     def on_search_ended(self, message: SearchEnded) -> None:
         self.running = False
+        if self._closing_down:
+            return
         self.last_ended = message
         assert self._pull_timer is not None
         self._pull_timer.pause()
@@ -468,9 +475,15 @@ class SpecsApp(App[None]):
             self._status("Done. ctrl+o copies the answer; ctrl+s solves again.")
 
     def on_status_changed(self, message: StatusChanged) -> None:
-        self._status(message.text)
+        if not self._closing_down:
+            self._status(message.text)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    @property
+    def _closing_down(self) -> bool:
+        """The app is exiting: messages still queued must not touch removed widgets."""
+        return not self._views or not self._views[0].is_attached
 
     def _greet(self) -> None:
         """Say up front when the chosen preset's models still need downloading."""

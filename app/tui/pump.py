@@ -3,7 +3,7 @@
 The search calls `EventBuffer.emit` for every event; it must stay O(1) and never
 block on the UI, so it only appends under a lock held for a few instructions
 (no syscall, unlike `post_message`, which wakes the event loop every time).
-The UI drains the buffer on a timer (at most ~20 times a second), which
+The UI drains the buffer on a timer (at most 10 times a second), which
 coalesces the high-rate `DraftProgress` events: a newer snapshot of the same
 step's texts replaces the one still waiting.
 
