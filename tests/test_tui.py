@@ -561,8 +561,10 @@ async def test_replay_keeps_the_pace_of_the_timestamps() -> None:
         took = time.monotonic() - started
     expected = (events[-1].t - events[0].t) / speed
     # Unpaced, it would take a few milliseconds; the slack is for noticing the
-    # first event late on a busy machine, and for scheduling at the end.
-    assert expected - 0.25 <= took <= expected + 2.0
+    # first event late on a busy machine (seen: 0.3 s in a full suite run),
+    # and for scheduling at the end.
+    assert expected > 1.0
+    assert expected - 0.5 <= took <= expected + 2.0
 
 
 # -- snapshots --------------------------------------------------------------------------------
