@@ -24,6 +24,7 @@ from app.search.events import (
     SwitchedToDraft,
 )
 from app.search.trace import write_trace
+from app.tui.beam_view import CandidateRow, candidate_label
 from app.tui.deferrals import deferral_line
 from app.tui.history import MAX_ENTRIES, History
 from app.tui.latency import stacked_bar
@@ -89,6 +90,13 @@ def test_one_line_flattens_and_cuts() -> None:
 
 
 # -- widgets' pure helpers -------------------------------------------------------------------
+
+
+def test_a_doubted_result_is_shown_before_the_step_text() -> None:
+    row = CandidateRow(id="4.1", step=4, origin="draft", text="160 + 80 + 20 = 360", reward=0.04, drafting=False)
+    assert "=?" not in candidate_label(row).plain
+    row.doubted_result = 0.012
+    assert "=?0.01 160 + 80 + 20 = 360" in candidate_label(row).plain
 
 
 def test_thresholds_follow_the_method() -> None:

@@ -28,6 +28,7 @@ SEARCH_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--tau-accept", "tau_accept", click.FLOAT, "SPECS accepts drafts whose tilted score is above this."),
     ("--tau-switch", "tau_switch", click.FLOAT, "SPECS returns to the draft after a target step with a reward above this."),
     ("--rsd-delta", "rsd_delta", click.FLOAT, "RSD keeps a draft step with a reward of at least this."),
+    ("--result-check", "result_check", click.FLOAT, "Scale a step's reward down when the target doubts a result after '=' (probability below this; 0 is off)."),
     ("--max-steps", "max_steps", click.INT, "Most reasoning steps per solution."),
     ("--max-step-tokens", "max_step_tokens", click.INT, "Most tokens per step."),
     ("--logprob-norm", "logprob_norm", click.Choice(["mean", "sum"]), "Length normalisation of the log-ratio."),

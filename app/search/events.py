@@ -109,6 +109,10 @@ class CandidateScore:
     score: float  # the value the method selects on (tilted score, or reward)
     target_logprob: float | None = None  # mean (or sum) over the step's tokens
     draft_logprob: float | None = None
+    # The target's probability of the least likely result after "=" in the
+    # step (None: no result, or not checked); `reward` already includes the
+    # check's scaling when settings.result_check is on.
+    result_prob: float | None = None
 
 
 @dataclass(frozen=True)

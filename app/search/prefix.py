@@ -42,6 +42,7 @@ class Candidate:
     logprobs: dict[str, float] = field(default_factory=dict)  # role -> normalised step logprob
     reward: float | None = None
     score: float = 0.0
+    result_prob: float | None = None  # the target's, of the step's least likely result (arithmetic.py)
 
     @property
     def solution(self) -> str:

@@ -39,6 +39,11 @@ class SearchSettings(BaseModel):
     tau_switch: float = Field(0.7, ge=0.0, le=1.0)
     # RSD keeps a draft step whose reward is at least delta (RSD's default).
     rsd_delta: float = Field(0.7, ge=0.0, le=1.0)
+    # Arithmetic check (not in the paper; 0 turns it off): when the target
+    # gives a result written after "=" a probability p below this, the step's
+    # reward is scaled by p / result_check. Costs no model call; see
+    # app/search/arithmetic.py for why a small judge needs it.
+    result_check: float = Field(0.0, ge=0.0, le=1.0)
     # Length normalisation of the log-ratio: the official code averages per
     # token; GSI sums.
     logprob_norm: Literal["mean", "sum"] = "mean"

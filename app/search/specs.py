@@ -96,10 +96,15 @@ def _draft_step(ctx: SearchContext, step: int, beams: list[Prefix]) -> list[Pref
         fates.update({c.id: "rejected" for c in live})
         report_fates(ctx, step, fates)
         best = max(c.score for c in live)
+        reason = f"the best draft scored {best:.3g}, not above tau_accept {s.tau_accept:g}"
+        doubted = [c for c in live if c.result_prob is not None and c.result_prob < s.result_check]
+        if doubted:
+            worst = min(c.result_prob or 0.0 for c in doubted)
+            reason += f"; the target doubted a result in {len(doubted)} of {len(live)} (p = {worst:.2g})"
         ctx.emit(
             Deferred,
             step=step,
-            reason=f"the best draft scored {best:.3g}, not above tau_accept {s.tau_accept:g}",
+            reason=reason,
             best_score=best,
             threshold=s.tau_accept,
         )

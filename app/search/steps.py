@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 from app.search.answer import Completion, last_boxed
+from app.search.arithmetic import checked_reward, result_probability
 from app.search.context import SearchContext
 from app.search.events import (
     Candidate as CandidateInfo,
@@ -84,6 +85,8 @@ def draw(
                     logprobs={role: ctx.norm(draft.logprobs)},
                 )
             )
+            if role == "target":
+                _check_results(ctx, candidates[-1], draft.logprobs)
     if role == "draft":
         ctx.counters.drafts_proposed += len(candidates)
     ctx.emit(
@@ -129,6 +132,14 @@ def target_logprobs(ctx: SearchContext, candidates: Sequence[Candidate]) -> None
     for candidate, result in zip(candidates, scored):
         candidate.seqs["target"] = ctx.hold("target", result.seq)
         candidate.logprobs["target"] = ctx.norm(result.logprobs)
+        _check_results(ctx, candidate, result.logprobs)
+
+
+def _check_results(ctx: SearchContext, candidate: Candidate, target_logprobs: Sequence[float]) -> None:
+    if ctx.settings.result_check > 0:
+        candidate.result_prob = result_probability(
+            candidate.text, candidate.tokens, target_logprobs, ctx.model("target").detokenize
+        )
 
 
 def judge(ctx: SearchContext, candidates: Sequence[Candidate]) -> None:
@@ -140,7 +151,7 @@ def judge(ctx: SearchContext, candidates: Sequence[Candidate]) -> None:
     ]
     rewards = ctx.engines.reward.score(queries, should_stop=ctx.should_stop)
     for candidate, reward in zip(candidates, rewards):
-        candidate.reward = float(reward)
+        candidate.reward = checked_reward(float(reward), candidate.result_prob, ctx.settings.result_check)
 
 
 def report_scores(ctx: SearchContext, step: int, origin: Origin, candidates: Sequence[Candidate], t0: float) -> None:
@@ -155,6 +166,7 @@ def report_scores(ctx: SearchContext, step: int, origin: Origin, candidates: Seq
                 score=c.score,
                 target_logprob=c.logprobs.get("target"),
                 draft_logprob=c.logprobs.get("draft"),
+                result_prob=c.result_prob,
             )
             for c in candidates
         ),

@@ -54,6 +54,9 @@ class CandidateRow:
     score: float | None = None
     target_logprob: float | None = None
     draft_logprob: float | None = None
+    # Set when the arithmetic check scaled the reward down: the target's
+    # probability of the step's least likely result.
+    doubted_result: float | None = None
     fate: Fate | None = None
     answer: str | None = None
     on_path: bool = False
@@ -95,6 +98,8 @@ def candidate_label(row: CandidateRow, *, show_parent: bool = False) -> Text:
     label.append("  ")
     if show_parent and row.parent:
         label.append(f"[{row.parent}] ", style="dim")
+    if row.doubted_result is not None:
+        label.append(f"=?{row.doubted_result:.2f} ", style="bold red")
     label.append(text, style="bold green" if row.on_path else ("dim" if row.fate in ("pruned", "rejected", "duplicate") else ""))
     if row.answer is not None:
         label.append(f"  → {row.answer}", style="bold")
@@ -132,11 +137,14 @@ class BeamView(Tree[str]):
         self._step_nodes: dict[int, TreeNode[str]] = {}
         self._dirty: set[str] = set()
         self._new_step = False
+        self._result_check = 0.0
 
     # The app feeds every event; the view keeps what a reader of the beam needs.
     def apply(self, event: Event) -> None:
         if isinstance(event, SearchStarted):
             self._reset(event.question)
+            check = event.settings.get("result_check", 0.0)
+            self._result_check = float(check) if isinstance(check, (int, float)) else 0.0
         elif isinstance(event, StepStarted):
             row = self._step(event.step)
             row.origins.append(event.origin)
@@ -160,6 +168,8 @@ class BeamView(Tree[str]):
                 if cand is not None:
                     cand.reward, cand.score = s.reward, s.score
                     cand.target_logprob, cand.draft_logprob = s.target_logprob, s.draft_logprob
+                    if s.result_prob is not None and s.result_prob < self._result_check:
+                        cand.doubted_result = s.result_prob
                     self._dirty.add(s.id)
         elif isinstance(event, CandidateFates):
             for cid, fate in event.fates.items():
