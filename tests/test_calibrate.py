@@ -110,7 +110,8 @@ def test_calibrate_saves_the_fastest_setting_within_a_point(scripted: Path, tmp_
     assert beam[1] == "100.0%" and eager[1] == "0.0%" and chosen[:3] == ["*", chosen[1], "100.0%"]
     assert float(eager[2]) < float(chosen[3]) < float(beam[2])
     preset = load_catalog().preset("cpu-dev")
-    assert preset.search == {"max_steps": 12, "max_step_tokens": 160, "beta": 10.0, "tau_accept": 6.0, "tau_switch": 0.7}
+    assert preset.search == {"max_steps": 12, "max_step_tokens": 160, "result_check": 0.2,
+                             "beta": 10.0, "tau_accept": 6.0, "tau_switch": 0.7}
     assert preset.settings().tau_accept == 6.0
 
     # a looser objective takes the fast, wrong setting; the sweep is not run again
