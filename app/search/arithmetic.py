@@ -3,9 +3,11 @@
 A step like "160 + 80 + 20 = 360" reads well and a judge model of the size
 that runs on a laptop often passes it; the slip is in one token. The target
 model, asked to continue "160 + 80 + 20 = ", puts almost no probability on
-"3" (measured on the development models: 0.52-1.0 for correct results,
-0.007-0.09 for wrong ones, nine pairs out of nine), while the mean
-log-probability of the whole step barely moves. The search already has the
+"3", while the mean log-probability of the whole step barely moves. Measured
+with scripts/check_results.py on the 141 checkable results of the 0.5B
+drafts for the first 30 GSM8K problems, scored by the 1.5B: the 37 wrong ones
+have a median probability of 0.000 and 35 fall below 0.2; of the 104 right
+ones, one does (the target miscomputed that sum itself). The search already has the
 target's per-token log-probabilities of every step it scores (teacher forcing
 for drafts, sampling for target steps), so the check costs no model call.
 
