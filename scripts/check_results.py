@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.search.arithmetic import result_spans, token_offsets  # noqa: E402
+from app.search.arithmetic import results_with_probability  # noqa: E402
 from app.search.events import CandidatesDrafted, SearchStarted, StepAccepted  # noqa: E402
 from app.search.settings import SYSTEM_PROMPT  # noqa: E402
 from app.search.trace import read_trace  # noqa: E402
@@ -88,19 +88,15 @@ def main() -> int:
                         tokens = model.tokenize(cand.text)
                         (scored,) = model.score([(prefix, tokens)])
                         model.release(scored.seq)
-                        offsets = token_offsets(tokens, model.detokenize, cand.text)
-                        if offsets is None:
-                            continue
-                        ends = [*offsets[1:], len(cand.text)]
-                        for start, end in result_spans(cand.text):
+                        found = results_with_probability(cand.text, tokens, scored.logprobs, model.detokenize)
+                        for (start, end), p in found:
                             right = truth(cand.text, start, end)
                             if right is None:
                                 continue
-                            lp = sum(x for x, a, b in zip(scored.logprobs, offsets, ends) if a < end and b > start)
-                            probs[right].append(math.exp(lp))
-                            if args.show is not None and (math.exp(lp) < args.show) == right:
+                            probs[right].append(p)
+                            if args.show is not None and (p < args.show) == right:
                                 line = cand.text[max(0, start - 60) : end + 10].replace("\n", " ")
-                                print(f"  {'right' if right else 'WRONG'} p={math.exp(lp):.3f}  ...{line}")
+                                print(f"  {'right' if right else 'WRONG'} p={p:.3f}  ...{line}")
                 elif isinstance(event, StepAccepted):
                     model.extend(prefix, model.tokenize(event.text))
             model.release(prefix)

@@ -8,7 +8,13 @@ from collections.abc import Sequence
 import pytest
 
 from app.search import run
-from app.search.arithmetic import checked_reward, result_probability, result_spans, token_offsets
+from app.search.arithmetic import (
+    checked_reward,
+    result_probability,
+    result_spans,
+    results_with_probability,
+    token_offsets,
+)
 from app.search.events import CandidatesScored, Deferred, Event, Finished, StepAccepted
 from app.search.settings import SearchSettings
 from engines.scripted import (
@@ -74,6 +80,8 @@ def test_result_probability_is_the_product_over_the_least_likely_results_tokens(
     logprobs = [-3.0, -0.1, -0.2, -0.3, -0.1, -0.1, -1.5, -9.0]
     # 42 is " 4" + "2": exp(-0.5); 7 is " 7": exp(-1.5), the lower of the two.
     assert result_probability(text, tokens, logprobs, detok) == pytest.approx(math.exp(-1.5))
+    found = results_with_probability(text, tokens, logprobs, detok)
+    assert [(text[a:b], p) for (a, b), p in found] == [("42", pytest.approx(math.exp(-0.5))), ("7", pytest.approx(math.exp(-1.5)))]
     assert result_probability("no result\n\n", [0], [-1.0], lambda t: "no result\n\n") is None
     assert result_probability(text, tokens, logprobs[:-1], detok) is None
 

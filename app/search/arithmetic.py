@@ -48,27 +48,38 @@ def token_offsets(tokens: Sequence[int], detokenize: Callable[[Sequence[int]], s
     return offsets
 
 
+def results_with_probability(
+    text: str,
+    tokens: Sequence[int],
+    logprobs: Sequence[float],
+    detokenize: Callable[[Sequence[int]], str],
+) -> list[tuple[tuple[int, int], float]]:
+    """Each result's span and the probability the model gives it (the product
+    over the tokens that spell it); [] when the step writes no result or its
+    tokens cannot be placed in its text."""
+    spans = result_spans(text)
+    if not spans or len(tokens) != len(logprobs):
+        return []
+    offsets = token_offsets(tokens, detokenize, text)
+    if offsets is None:
+        return []
+    ends = [*offsets[1:], len(text)]
+    return [
+        ((start, end), math.exp(sum(lp for lp, a, b in zip(logprobs, offsets, ends) if a < end and b > start)))
+        for start, end in spans
+    ]
+
+
 def result_probability(
     text: str,
     tokens: Sequence[int],
     logprobs: Sequence[float],
     detokenize: Callable[[Sequence[int]], str],
 ) -> float | None:
-    """The lowest probability the model gives any result of the step (the
-    product over the tokens that spell it), or None when the step writes no
-    result or its tokens cannot be placed in its text."""
-    spans = result_spans(text)
-    if not spans or len(tokens) != len(logprobs):
-        return None
-    offsets = token_offsets(tokens, detokenize, text)
-    if offsets is None:
-        return None
-    ends = [*offsets[1:], len(text)]
-    lowest = math.inf
-    for start, end in spans:
-        total = sum(lp for lp, a, b in zip(logprobs, offsets, ends) if a < end and b > start)
-        lowest = min(lowest, total)
-    return math.exp(lowest)
+    """The lowest probability the model gives any result of the step, or None
+    when there is none to check."""
+    found = results_with_probability(text, tokens, logprobs, detokenize)
+    return min(p for _, p in found) if found else None
 
 
 def checked_reward(reward: float, probability: float | None, threshold: float) -> float:
