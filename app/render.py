@@ -82,3 +82,12 @@ def one_line(text: str, width: int) -> str:
     """Text on one line, cut to `width` cells with an ellipsis."""
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: max(width - 1, 0)] + "…"
+
+
+def unboxed_answer(solution: str, width: int = 100) -> str:
+    """What to show when a solution ended without a \\boxed{} answer: the
+    solution's last line, so the reader still sees where it stopped."""
+    lines = [line for line in solution.splitlines() if line.strip()]
+    if not lines:
+        return "no \\boxed{} answer (the solution is empty)"
+    return f"no \\boxed{{}} answer; the solution ends: {one_line(lines[-1], width)}"

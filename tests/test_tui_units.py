@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
-from app.render import is_number, one_line, speedup, stats_footer, tokens_per_second
+from app.render import is_number, one_line, speedup, stats_footer, tokens_per_second, unboxed_answer
 from app.search.events import (
     Deferred,
     DraftProgress,
@@ -82,6 +82,12 @@ def test_speedup(fast: float, slow: float, said: str) -> None:
                                                   ("\\frac{1}{2}", False), ("x = 2", False), ("", False)])
 def test_is_number(answer: str, numeric: bool) -> None:
     assert is_number(answer) is numeric
+
+
+def test_an_unboxed_answer_shows_where_the_solution_stopped() -> None:
+    said = unboxed_answer("Let's break it down:\n\n12 + 30 = 42\n\nSo, 12 + 30 = 42.\n\n")
+    assert said == "no \\boxed{} answer; the solution ends: So, 12 + 30 = 42."
+    assert unboxed_answer("  \n") == "no \\boxed{} answer (the solution is empty)"
 
 
 def test_one_line_flattens_and_cuts() -> None:

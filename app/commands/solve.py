@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from app.config import load_catalog
 from app.errors import UserError
+from app.render import unboxed_answer
 from app.search.events import Deferred, Event, Finished, StepAccepted, SwitchedToDraft
 from app.search.settings import METHODS, SearchSettings
 
@@ -201,7 +202,7 @@ def command(question: str, method: str | None, preset: str | None, as_json: bool
         return
     if finished.cancelled:
         click.secho("Stopped early; the best answer found so far:", fg="yellow", err=True)
-    answer = finished.answer if finished.answer is not None else "(no \\boxed{} answer)"
+    answer = finished.answer if finished.answer is not None else unboxed_answer(finished.solution)
     click.echo(click.style("answer: ", bold=True) + click.style(answer, bold=True, fg="cyan"))
     click.secho(stats_footer(finished.stats), dim=True)
     if finished.error:

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Digits, Static
 
-from app.render import is_number, stats_footer
+from app.render import is_number, stats_footer, unboxed_answer
 from app.search.events import Finished
 
 
@@ -44,7 +44,7 @@ class AnswerPanel(Vertical):
         if finished.error:
             headline = f"Search failed: {finished.error}"
         elif finished.answer is None:
-            headline = "No \\boxed{} answer" + (" (cancelled)" if finished.cancelled else "")
+            headline = unboxed_answer(finished.solution) + (" (cancelled)" if finished.cancelled else "")
         else:
             headline = finished.answer
         numeric = finished.answer is not None and not finished.error and is_number(finished.answer)
