@@ -44,7 +44,13 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, envvar="SPECS_LOCAL_VERBOSE", help="More log output on stderr (-vv: llama.cpp's too).")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    envvar="SPECS_LOCAL_VERBOSE",
+    help="More log output on stderr (-vv: llama.cpp's too).",
+)
 @click.version_option(package_name="specs-local")
 @click.pass_context
 def cli(ctx: click.Context, verbose: int) -> None:

@@ -109,8 +109,7 @@ class Catalog(BaseModel):
             entries = data.get(table)
             if isinstance(entries, dict):
                 data[table] = {
-                    key: {"name": key, **value} if isinstance(value, dict) else value
-                    for key, value in entries.items()
+                    key: {"name": key, **value} if isinstance(value, dict) else value for key, value in entries.items()
                 }
         return data
 

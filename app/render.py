@@ -39,7 +39,8 @@ def used_roles(stats: Stats) -> list[str]:
     An idle draft (beam search on a preset that has one) is left out.
     """
     return [
-        role for role in ROLES
+        role
+        for role in ROLES
         if role in stats.models and (stats.models[role].seconds > 0 or stats.models[role].generated > 0)
     ]
 

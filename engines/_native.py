@@ -53,6 +53,7 @@ def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
 L.llama_log_set(_log_callback, ctypes.c_void_p(0))
 L.llama_backend_init()
 
+
 def clear_errors() -> None:
     _recent_errors.clear()
 

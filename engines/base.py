@@ -106,7 +106,7 @@ class ModelUsage:
 class timed:
     """Adds the wall time of a `with` block to a usage record."""
 
-    __slots__ = ("_usage", "_t0")
+    __slots__ = ("_t0", "_usage")
 
     def __init__(self, usage: ModelUsage) -> None:
         self._usage = usage
@@ -192,9 +192,7 @@ class RewardModel(Protocol):
     name: str
     usage: ModelUsage
 
-    def score(
-        self, queries: Sequence[RewardQuery], *, should_stop: StopFn | None = None
-    ) -> list[float]: ...
+    def score(self, queries: Sequence[RewardQuery], *, should_stop: StopFn | None = None) -> list[float]: ...
 
     def reset(self) -> None:
         """Forget cached prefixes (a new problem starts)."""

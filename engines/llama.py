@@ -78,7 +78,7 @@ _VOCAB_CHECK_START_TOKEN_ID = 5
 class LlamaSeq:
     """A sequence in one LlamaModel's cache (implements `engines.base.Seq`)."""
 
-    __slots__ = ("_model", "_id", "_tokens", "_n_cached", "_logits")
+    __slots__ = ("_id", "_logits", "_model", "_n_cached", "_tokens")
 
     def __init__(self, model: LlamaModel, seq_id: int, tokens: list[int], n_cached: int, logits: np.ndarray | None):
         self._model = model
@@ -107,7 +107,7 @@ class LlamaSeq:
 class _Candidate:
     """A continuation being sampled."""
 
-    __slots__ = ("seq", "rng", "start", "limit", "text", "logprobs", "stop")
+    __slots__ = ("limit", "logprobs", "rng", "seq", "start", "stop", "text")
 
     def __init__(self, seq: LlamaSeq, rng: np.random.Generator, limit: int):
         self.seq = seq
@@ -122,7 +122,7 @@ class _Candidate:
 class _Native:
     """Adds the time spent in llama.cpp to a usage record."""
 
-    __slots__ = ("usage", "t0")
+    __slots__ = ("t0", "usage")
 
     def __init__(self, usage: ModelUsage):
         self.usage = usage
@@ -762,8 +762,15 @@ class LlamaModel:
             chunks.append(logits if len(out_rows) == len(tokens) else logits.copy())
 
         self._decode(
-            tokens, positions, counts, ids, [True] * len(tokens), usage,
-            prefill=False, consume=keep, should_stop=should_stop,
+            tokens,
+            positions,
+            counts,
+            ids,
+            [True] * len(tokens),
+            usage,
+            prefill=False,
+            consume=keep,
+            should_stop=should_stop,
         )
         for members in next_groups:
             for c in members:
@@ -935,8 +942,15 @@ class LlamaModel:
                 results[j][slot : slot + len(ids)] = row[ids] - log_z
             flat_ids = [i for row_members in members for i in row_members]
             self._decode(
-                tokens, positions, [len(m) for m in members], flat_ids, outputs, usage,
-                prefill=True, consume=read, should_stop=should_stop,
+                tokens,
+                positions,
+                [len(m) for m in members],
+                flat_ids,
+                outputs,
+                usage,
+                prefill=True,
+                consume=read,
+                should_stop=should_stop,
             )
         except BaseException:
             for child in children:

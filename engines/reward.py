@@ -155,7 +155,7 @@ class _TextReward:
     def _keep(self, queries: Sequence[RewardQuery], children: list[LlamaSeq]) -> None:
         for q, child in zip(queries, children):
             key = (q.question, q.steps + (q.candidate,))
-            if key in self._cache or q.policy_seq is not None and self._uses_policy(q):
+            if key in self._cache or (q.policy_seq is not None and self._uses_policy(q)):
                 self.model.release(child)
             else:
                 self._cache[key] = child

@@ -576,13 +576,25 @@ def scripted_engines(
     clock = clock or FakeClock()
     return ScriptedEngines(
         target=ScriptedModel(
-            "scripted-target", target, clock=clock, seconds_per_token=target_seconds_per_token,
-            seconds_per_prefill_token=target_seconds_per_token / 10, n_ctx=n_ctx, n_seq_max=n_seq_max,
+            "scripted-target",
+            target,
+            clock=clock,
+            seconds_per_token=target_seconds_per_token,
+            seconds_per_prefill_token=target_seconds_per_token / 10,
+            n_ctx=n_ctx,
+            n_seq_max=n_seq_max,
         ),
         reward=ScriptedReward("scripted-reward", rewards, default=default_reward, clock=clock),
-        draft=None if draft is None else ScriptedModel(
-            "scripted-draft", draft, clock=clock, seconds_per_token=draft_seconds_per_token,
-            seconds_per_prefill_token=draft_seconds_per_token / 10, n_ctx=n_ctx, n_seq_max=n_seq_max,
+        draft=None
+        if draft is None
+        else ScriptedModel(
+            "scripted-draft",
+            draft,
+            clock=clock,
+            seconds_per_token=draft_seconds_per_token,
+            seconds_per_prefill_token=draft_seconds_per_token / 10,
+            n_ctx=n_ctx,
+            n_seq_max=n_seq_max,
         ),
         clock=clock,
     )

@@ -160,7 +160,10 @@ def nvidia_gpus() -> list[NvidiaGpu]:
     try:
         out = subprocess.run(
             [exe, "--query-gpu=name,memory.total,memory.free", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []

@@ -29,12 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import llama_cpp as L  # noqa: E402
-import numpy as np  # noqa: E402
+import llama_cpp as L
+import numpy as np
 
-from engines.base import SampleParams, Seq, StopReason  # noqa: E402
-from engines.llama import LlamaModel, LlamaSeq  # noqa: E402
-from engines.prompts import SYSTEM_PROMPT  # noqa: E402
+from engines.base import SampleParams, Seq, StopReason
+from engines.llama import LlamaModel, LlamaSeq
+from engines.prompts import SYSTEM_PROMPT
 
 QUESTIONS = [
     "List the first forty prime numbers, one per line, with a short remark on each.",
@@ -127,8 +127,10 @@ def bench_batches(model: LlamaModel, n_tokens: int, rounds: int) -> dict[str, di
             plain.append(plain_loop(model, plain_prompt, batch, n_tokens))
         e, p = statistics.median(engine), statistics.median(plain)
         results[str(batch)] = {"engine_tok_s": round(e, 2), "plain_tok_s": round(p, 2), "ratio": round(e / p, 3)}
-        say(f"batch {batch}: engine {e:.1f} tok/s, plain loop {p:.1f} tok/s, ratio {e / p:.3f}  "
-              f"(runs: {[round(x, 1) for x in engine]} vs {[round(x, 1) for x in plain]})")
+        say(
+            f"batch {batch}: engine {e:.1f} tok/s, plain loop {p:.1f} tok/s, ratio {e / p:.3f}  "
+            f"(runs: {[round(x, 1) for x in engine]} vs {[round(x, 1) for x in plain]})"
+        )
     for seq in prompts:
         model.release(seq)
     return results
@@ -229,8 +231,10 @@ def bench_merge(model: LlamaModel, temperature: float, k: int = 8, rounds: int =
     model.share_histories = True
     model.release(beam)
     speedup = statistics.median(times[False]) / statistics.median(times[True])
-    say(f"T={temperature}: shared histories decode {sum(rows[True])} rows, unshared {sum(rows[False])}; "
-        f"speed-up {speedup:.2f}x; identical drafts {same}/{rounds * k}")
+    say(
+        f"T={temperature}: shared histories decode {sum(rows[True])} rows, unshared {sum(rows[False])}; "
+        f"speed-up {speedup:.2f}x; identical drafts {same}/{rounds * k}"
+    )
     return speedup
 
 
@@ -257,15 +261,19 @@ def main(argv: list[str] | None = None) -> None:
     target.close()
     merge = {str(t): round(bench_merge(model, t), 3) for t in (0.2, 0.8)}
     model.close()
-    print(json.dumps({
-        "batch": batches,
-        "score_tok_s": round(score_rate, 2),
-        "decoded_rows": decoded,
-        "distinct_rows": distinct,
-        "merge_speedup": merge,
-        "rss_mb": round(rss, 1),
-        "rss_budget_mb": round(budget, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "batch": batches,
+                "score_tok_s": round(score_rate, 2),
+                "decoded_rows": decoded,
+                "distinct_rows": distinct,
+                "merge_speedup": merge,
+                "rss_mb": round(rss, 1),
+                "rss_budget_mb": round(budget, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

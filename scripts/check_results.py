@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.search.arithmetic import results_with_probability  # noqa: E402
-from app.search.events import CandidatesDrafted, SearchStarted, StepAccepted  # noqa: E402
-from app.search.settings import SYSTEM_PROMPT  # noqa: E402
-from app.search.trace import read_trace  # noqa: E402
-from engines.llama import LlamaModel  # noqa: E402
+from app.search.arithmetic import results_with_probability
+from app.search.events import CandidatesDrafted, SearchStarted, StepAccepted
+from app.search.settings import SYSTEM_PROMPT
+from app.search.trace import read_trace
+from engines.llama import LlamaModel
 
 _OPERATORS = [("\\times", "*"), ("×", "*"), ("\\cdot", "*"), ("\\div", "/"), ("÷", "/"), ("\\$", ""), ("$", "")]
 _ARITHMETIC_TAIL = re.compile(r"[\d\s.+\-*/()]+$")
@@ -64,8 +64,13 @@ def main() -> int:
     parser.add_argument("--target", type=Path, required=True, help="the target model's GGUF file")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None, help="read at most this many traces")
-    parser.add_argument("--show", type=float, default=None, metavar="P",
-                        help="print right results below P and wrong ones at or above it, with their text")
+    parser.add_argument(
+        "--show",
+        type=float,
+        default=None,
+        metavar="P",
+        help="print right results below P and wrong ones at or above it, with their text",
+    )
     args = parser.parse_args()
 
     files = sorted(args.traces.glob("*.specs.jsonl"))[: args.limit]
@@ -111,7 +116,9 @@ def main() -> int:
     for threshold in (0.05, 0.1, 0.2, 0.3, 0.5):
         flagged_wrong = sum(p < threshold for p in wrong)
         flagged_right = sum(p < threshold for p in right)
-        print(f"  threshold {threshold:.2f}: flags {flagged_wrong}/{len(wrong)} wrong, {flagged_right}/{len(right)} right")
+        print(
+            f"  threshold {threshold:.2f}: flags {flagged_wrong}/{len(wrong)} wrong, {flagged_right}/{len(right)} right"
+        )
     return 0
 
 

@@ -240,8 +240,15 @@ def write_qwen_like(
     if chat_template is not None:
         writer.add_chat_template(chat_template)
     _add_weights(
-        writer, len(tokens), shape, seed=seed, dtype=dtype, weight_scale=weight_scale,
-        qkv_bias=True, output_bias=bias, tie_output=tie_output,
+        writer,
+        len(tokens),
+        shape,
+        seed=seed,
+        dtype=dtype,
+        weight_scale=weight_scale,
+        qkv_bias=True,
+        output_bias=bias,
+        tie_output=tie_output,
     )
     _finish(writer)
     return Path(path)
@@ -278,8 +285,15 @@ def write_llama_like(
     if chat_template is not None:
         writer.add_chat_template(chat_template)
     _add_weights(
-        writer, len(tokens), shape, seed=seed, dtype=dtype, weight_scale=weight_scale,
-        qkv_bias=False, output_bias=None, tie_output=False,
+        writer,
+        len(tokens),
+        shape,
+        seed=seed,
+        dtype=dtype,
+        weight_scale=weight_scale,
+        qkv_bias=False,
+        output_bias=None,
+        tie_output=False,
     )
     _finish(writer)
     return Path(path)
@@ -305,8 +319,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.family == "qwen":
         n_vocab = args.n_vocab if args.n_vocab is not None else (151936 if args.preset == "qwen-0.5b" else None)
         write_qwen_like(
-            args.path, shape=shape, n_vocab=n_vocab, seed=args.seed, dtype=args.dtype,
-            weight_scale=args.weight_scale, tie_output=args.preset == "qwen-0.5b",
+            args.path,
+            shape=shape,
+            n_vocab=n_vocab,
+            seed=args.seed,
+            dtype=args.dtype,
+            weight_scale=args.weight_scale,
+            tie_output=args.preset == "qwen-0.5b",
         )
     else:
         write_llama_like(args.path, shape=shape, seed=args.seed, dtype=args.dtype, weight_scale=args.weight_scale)

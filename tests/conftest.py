@@ -18,7 +18,7 @@ import pytest
 pytest.register_assert_rewrite("fakehub")
 pytest_plugins = ["fakehub"]
 
-from fakehub import tiny_gguf_module  # noqa: E402
+from fakehub import tiny_gguf_module
 
 from app.config import models_dir
 

@@ -35,10 +35,12 @@ def scripted_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dic
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
     path = tmp_path / "problems.jsonl"
-    rows = [{"id": "p0", "problem": "What is 12 + 30?", "answer": "42"},
-            {"id": "p1", "problem": "Add 30 to 12."},  # line 2: no answer
-            {"id": "p2", "problem": "What is 40 + 2?", "answer": "42"},
-            {"id": "p3", "problem": "What is 1 + 1?", "answer": "2"}]
+    rows = [
+        {"id": "p0", "problem": "What is 12 + 30?", "answer": "42"},
+        {"id": "p1", "problem": "Add 30 to 12."},  # line 2: no answer
+        {"id": "p2", "problem": "What is 40 + 2?", "answer": "42"},
+        {"id": "p3", "problem": "What is 1 + 1?", "answer": "2"},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -51,11 +53,24 @@ def results(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
-def test_bench_end_to_end(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                          scripted_models: list[dict[str, Any]]) -> None:
+def test_bench_end_to_end(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], scripted_models: list[dict[str, Any]]
+) -> None:
     out = tmp_path / "out"
-    code = bench("--dataset", str(dataset), "--methods", "specs,beam,greedy", "--preset", "cpu-dev",
-                 "--out", str(out), "--n", "2", "--trace-dir", str(tmp_path / "traces"))
+    code = bench(
+        "--dataset",
+        str(dataset),
+        "--methods",
+        "specs,beam,greedy",
+        "--preset",
+        "cpu-dev",
+        "--out",
+        str(out),
+        "--n",
+        "2",
+        "--trace-dir",
+        str(tmp_path / "traces"),
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "warning: skipped 1 rows" in captured.err and "line 2: no answer" in captured.err
@@ -73,8 +88,21 @@ def test_bench_end_to_end(dataset: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert "Claim" in captured.out
 
     # the same command again: nothing left to run, the models are not opened
-    assert bench("--dataset", str(dataset), "--methods", "specs,beam,greedy", "--preset", "cpu-dev",
-                 "--out", str(out), "--n", "2") == 0
+    assert (
+        bench(
+            "--dataset",
+            str(dataset),
+            "--methods",
+            "specs,beam,greedy",
+            "--preset",
+            "cpu-dev",
+            "--out",
+            str(out),
+            "--n",
+            "2",
+        )
+        == 0
+    )
     assert len(scripted_models) == 1 and len(results(out)) == 9
 
     # the report alone, against another reference method
@@ -84,22 +112,53 @@ def test_bench_end_to_end(dataset: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert summary["methods"]["greedy"]["latency_ratio"]["value"] == 1.0
 
 
-def test_short_name_command_from_the_brief(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_short_name_command_from_the_brief(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    (data / "gsm8k.jsonl").write_text("".join(
-        json.dumps({"id": f"gsm8k-{i}", "problem": f"Question {i}?", "answer": "42"}) + "\n" for i in range(40)))
+    (data / "gsm8k.jsonl").write_text(
+        "".join(json.dumps({"id": f"gsm8k-{i}", "problem": f"Question {i}?", "answer": "42"}) + "\n" for i in range(40))
+    )
     monkeypatch.setenv("SPECS_LOCAL_DATA_DIR", str(data))
     out = tmp_path / "gsm8k-run"
-    assert bench("--dataset", "gsm8k", "--methods", "specs,beam,greedy", "--preset", "cpu-dev",
-                 "--limit", "3", "--out", str(out)) == 0, capsys.readouterr().err
+    assert (
+        bench(
+            "--dataset",
+            "gsm8k",
+            "--methods",
+            "specs,beam,greedy",
+            "--preset",
+            "cpu-dev",
+            "--limit",
+            "3",
+            "--out",
+            str(out),
+        )
+        == 0
+    ), capsys.readouterr().err
     assert sorted({r["id"] for r in results(out)}) == ["gsm8k-0", "gsm8k-1", "gsm8k-2"]
 
 
 def test_progress_bar_runs(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--dataset", str(dataset), "--methods", "greedy", "--preset", "cpu-dev",
-                 "--out", str(tmp_path / "o"), "--limit", "2"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--dataset",
+                str(dataset),
+                "--methods",
+                "greedy",
+                "--preset",
+                "cpu-dev",
+                "--out",
+                str(tmp_path / "o"),
+                "--limit",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "greedy 2/2" in capsys.readouterr().err
 
 
@@ -114,8 +173,9 @@ def test_progress_bar_runs(dataset: Path, tmp_path: Path, capsys: pytest.Capture
         (["--offset", "10"], "select no problem"),
     ],
 )
-def test_bad_input_is_one_sentence_and_exit_2(args: list[str], message: str, dataset: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_one_sentence_and_exit_2(
+    args: list[str], message: str, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     base = {"--dataset": str(dataset), "--methods": "greedy", "--preset": "cpu-dev", "--out": str(tmp_path / "o")}
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value
@@ -127,19 +187,34 @@ def test_bad_input_is_one_sentence_and_exit_2(args: list[str], message: str, dat
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0]
 
 
-def test_a_directory_of_another_configuration_is_refused(dataset: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_directory_of_another_configuration_is_refused(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = str(tmp_path / "o")
     assert bench("--dataset", str(dataset), "--methods", "greedy", "--preset", "cpu-dev", "--out", out) == 0
     capsys.readouterr()
-    assert bench("--dataset", str(dataset), "--methods", "greedy", "--preset", "cpu-dev", "--out", out,
-                 "--temperature", "0.9") == 2
+    assert (
+        bench(
+            "--dataset",
+            str(dataset),
+            "--methods",
+            "greedy",
+            "--preset",
+            "cpu-dev",
+            "--out",
+            out,
+            "--temperature",
+            "0.9",
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "holds results of another configuration (settings.temperature was 0.3, now 0.9)" in err
 
 
-def test_ctrl_c_keeps_results_and_says_how_to_resume(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_ctrl_c_keeps_results_and_says_how_to_resume(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     @contextmanager
     def interrupting(preset: Any, catalog: Any, settings: Any, **kwargs: Any) -> Iterator[Any]:
         engines = scripted_engines()
@@ -175,13 +250,16 @@ def test_ctrl_c_keeps_results_and_says_how_to_resume(dataset: Path, tmp_path: Pa
     assert results(out)[: len(kept)] == kept and len(results(out)) == 6
 
 
-def test_a_preset_without_a_draft_refuses_specs_before_loading(tmp_path: Path, dataset: Path,
-                                                               capsys: pytest.CaptureFixture[str],
-                                                               scripted_models: list[dict[str, Any]]) -> None:
+def test_a_preset_without_a_draft_refuses_specs_before_loading(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str], scripted_models: list[dict[str, Any]]
+) -> None:
     (tmp_path / "user-models.toml").write_text(
         '[presets.solo]\ntarget = "qwen2.5-coder-1.5b-instruct"\n'
         'reward = { kind = "judge", model = "qwen2.5-coder-1.5b-instruct" }\n'
     )
-    assert bench("--dataset", str(dataset), "--methods", "beam,specs", "--preset", "solo", "--out", str(tmp_path / "o")) == 2
+    assert (
+        bench("--dataset", str(dataset), "--methods", "beam,specs", "--preset", "solo", "--out", str(tmp_path / "o"))
+        == 2
+    )
     assert "specs needs a draft model and preset solo has none" in capsys.readouterr().err
     assert scripted_models == []

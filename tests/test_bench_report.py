@@ -12,14 +12,39 @@ from app.errors import UserError
 from app.eval.report import ratio_of_means, summarise, wilson, write_report
 
 
-def row(problem: str, method: str, correct: bool, latency: float, *, steps: int = 4, draft_steps: int = 0,
-        deferrals: int = 0, overhead: float = 0.0, error: str | None = None, search: str | None = None) -> dict[str, Any]:
+def row(
+    problem: str,
+    method: str,
+    correct: bool,
+    latency: float,
+    *,
+    steps: int = 4,
+    draft_steps: int = 0,
+    deferrals: int = 0,
+    overhead: float = 0.0,
+    error: str | None = None,
+    search: str | None = None,
+) -> dict[str, Any]:
     return {
-        "id": problem, "method": method, "search": search or method, "answer": "x", "reference": "x",
-        "correct": correct, "latency": latency, "wall_seconds": latency, "overhead_seconds": overhead,
-        "models": {"target": {"seconds": latency / 2, "native_seconds": latency / 2, "generated": 10, "prefilled": 100}},
-        "steps": steps, "draft_steps": draft_steps, "target_steps": steps - draft_steps,
-        "deferrals": deferrals, "switches": 0, "acceptance": draft_steps / steps, "error": error,
+        "id": problem,
+        "method": method,
+        "search": search or method,
+        "answer": "x",
+        "reference": "x",
+        "correct": correct,
+        "latency": latency,
+        "wall_seconds": latency,
+        "overhead_seconds": overhead,
+        "models": {
+            "target": {"seconds": latency / 2, "native_seconds": latency / 2, "generated": 10, "prefilled": 100}
+        },
+        "steps": steps,
+        "draft_steps": draft_steps,
+        "target_steps": steps - draft_steps,
+        "deferrals": deferrals,
+        "switches": 0,
+        "acceptance": draft_steps / steps,
+        "error": error,
     }
 
 
@@ -31,8 +56,12 @@ SPECS = [
     row("c", "specs", True, 15, draft_steps=1, deferrals=1, overhead=1.0),
     row("d", "specs", False, 20, draft_steps=2, overhead=1.0),
 ]
-GREEDY = [row("a", "greedy", False, 8), row("b", "greedy", True, 8), row("c", "greedy", False, 8),
-          row("d", "greedy", False, 1, error="ContextFullError: too long")]
+GREEDY = [
+    row("a", "greedy", False, 8),
+    row("b", "greedy", True, 8),
+    row("c", "greedy", False, 8),
+    row("d", "greedy", False, 1, error="ContextFullError: too long"),
+]
 
 
 def test_wilson_matches_hand_computed_values() -> None:
@@ -74,7 +103,9 @@ def test_claim_met_when_as_accurate_and_fast_enough() -> None:
     claim = summarise(BEAM + SPECS)["claim"]
     assert claim["met"] is True and claim["evaluated"] is True
     assert (claim["accuracy"], claim["reference_accuracy"], claim["latency_ratio"]) == (0.75, 0.75, 0.5)
-    assert claim["sentence"].startswith("Claim met: on 4 shared problems specs is 75.0% accurate against 75.0% for beam")
+    assert claim["sentence"].startswith(
+        "Claim met: on 4 shared problems specs is 75.0% accurate against 75.0% for beam"
+    )
 
 
 def test_claim_not_met_when_slower_or_less_accurate() -> None:
@@ -109,16 +140,27 @@ def test_write_report_files(tmp_path: Path) -> None:
     # 0% and 100% put the point on the end of its interval; the plot must cope
     never = [row(p, "never", False, 3) for p in "abcd"]
     always = [row(p, "always", True, 3) for p in "abcd"]
-    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in BEAM + SPECS + GREEDY + never + always))
-    (tmp_path / "config.json").write_text(json.dumps({
-        "dataset": {"name": "gsm8k", "source": "gsm8k.jsonl"}, "preset": "cpu-dev",
-        "models": {"draft": "d", "target": "t"}, "settings": {"n": 4},
-        "arms": {"specs": {}, "beam": {}, "greedy": {}, "never": {}, "always": {}},
-    }))
+    (tmp_path / "results.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in BEAM + SPECS + GREEDY + never + always)
+    )
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "dataset": {"name": "gsm8k", "source": "gsm8k.jsonl"},
+                "preset": "cpu-dev",
+                "models": {"draft": "d", "target": "t"},
+                "settings": {"n": 4},
+                "arms": {"specs": {}, "beam": {}, "greedy": {}, "never": {}, "always": {}},
+            }
+        )
+    )
     summary = write_report(tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
     report = (tmp_path / "report.md").read_text()
-    assert "| specs | 4 | 75.0% (30.1%-95.4%) | 12.50 | 12.50 | 18.50 | 0.50 (0.50-0.50) | 50.0% | 0.12 | 8.0% | 0 |" in report
+    assert (
+        "| specs | 4 | 75.0% (30.1%-95.4%) | 12.50 | 12.50 | 18.50 | 0.50 (0.50-0.50) | 50.0% | 0.12 | 8.0% | 0 |"
+        in report
+    )
     assert "| greedy | 4 | 25.0% " in report and "| 1 |" in report
     assert "| never | 4 | 0.0% (0.0%-49.0%)" in report and "| always | 4 | 100.0% (51.0%-100.0%)" in report
     assert "| specs | target | 6.25 | 10 | 100 |" in report

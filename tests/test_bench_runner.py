@@ -33,8 +33,13 @@ PROBLEMS = [
     Problem("p2", "What is 3 + 4?", "7"),  # the script always answers 42
 ]
 ARMS = parse_methods("specs,beam,greedy")
-CONFIG = {"dataset": {"name": "t", "source": "t.jsonl"}, "preset": "scripted", "models": {},
-          "settings": SearchSettings().model_dump(), "runtime": {"threads": None, "n_gpu_layers": None}}
+CONFIG = {
+    "dataset": {"name": "t", "source": "t.jsonl"},
+    "preset": "scripted",
+    "models": {},
+    "settings": SearchSettings().model_dump(),
+    "runtime": {"threads": None, "n_gpu_layers": None},
+}
 
 
 class Factory:
@@ -50,10 +55,18 @@ class Factory:
         yield self.engines
 
 
-def bench(out: Path, factory: Factory, problems: list[Problem] = PROBLEMS, arms: list[Arm] = ARMS,
-          settings: SearchSettings | None = None, config: dict[str, Any] = CONFIG, **kwargs: Any):
-    return run_bench(problems, arms, settings or SearchSettings(), out, factory, config=config,
-                     clock=factory.engines.clock, **kwargs)
+def bench(
+    out: Path,
+    factory: Factory,
+    problems: list[Problem] = PROBLEMS,
+    arms: list[Arm] = ARMS,
+    settings: SearchSettings | None = None,
+    config: dict[str, Any] = CONFIG,
+    **kwargs: Any,
+):
+    return run_bench(
+        problems, arms, settings or SearchSettings(), out, factory, config=config, clock=factory.engines.clock, **kwargs
+    )
 
 
 def lines(out: Path) -> list[dict[str, Any]]:
@@ -67,9 +80,15 @@ def test_every_problem_and_method_gets_one_line(tmp_path: Path) -> None:
     rows = lines(tmp_path)
     # interleaved problem by problem, the order of methods rotating
     assert [(r["id"], r["method"]) for r in rows] == [
-        ("p0", "specs"), ("p0", "beam"), ("p0", "greedy"),
-        ("p1", "beam"), ("p1", "greedy"), ("p1", "specs"),
-        ("p2", "greedy"), ("p2", "specs"), ("p2", "beam"),
+        ("p0", "specs"),
+        ("p0", "beam"),
+        ("p0", "greedy"),
+        ("p1", "beam"),
+        ("p1", "greedy"),
+        ("p1", "specs"),
+        ("p2", "greedy"),
+        ("p2", "specs"),
+        ("p2", "beam"),
     ]
     for row in rows:
         assert row["answer"] == "42"
@@ -110,7 +129,9 @@ def test_another_configuration_is_refused(tmp_path: Path) -> None:
     factory = Factory()
     bench(tmp_path, factory, problems=PROBLEMS[:1])
     other = {**CONFIG, "settings": SearchSettings(beta=5).model_dump()}
-    with pytest.raises(UserError, match=r"holds results of another configuration \(settings\.beta was 10\.0, now 5\.0\)"):
+    with pytest.raises(
+        UserError, match=r"holds results of another configuration \(settings\.beta was 10\.0, now 5\.0\)"
+    ):
         bench(tmp_path, factory, config=other)
     with pytest.raises(UserError, match=r"preset was 'scripted', now 'paper'"):
         bench(tmp_path, factory, config={**CONFIG, "preset": "paper"})
@@ -142,7 +163,10 @@ def test_keyboard_interrupt_keeps_finished_runs_and_a_rerun_resumes(tmp_path: Pa
 
 def test_should_stop_between_problems(tmp_path: Path) -> None:
     factory = Factory()
-    written = lambda: len(lines(tmp_path)) if (tmp_path / "results.jsonl").exists() else 0
+
+    def written() -> int:
+        return len(lines(tmp_path)) if (tmp_path / "results.jsonl").exists() else 0
+
     outcome = bench(tmp_path, factory, should_stop=lambda: written() >= 3)
     assert outcome.interrupted and outcome.ran == 3
 

@@ -40,8 +40,14 @@ def test_pareto_front() -> None:
 
 @pytest.mark.parametrize(
     ("objective", "expected"),
-    [("fastest-within:1.0", B), ("fastest-within:0", A), ("fastest-within:10", C), ("fastest-within:0.5", B), ("fastest-within:0.4", A),
-     ("most-accurate", A)],
+    [
+        ("fastest-within:1.0", B),
+        ("fastest-within:0", A),
+        ("fastest-within:10", C),
+        ("fastest-within:0.5", B),
+        ("fastest-within:0.4", A),
+        ("most-accurate", A),
+    ],
 )
 def test_objectives_pick_on_the_front(objective: str, expected: Point) -> None:
     chosen = choose(POINTS, parse_objective(objective), BASELINE)
@@ -50,7 +56,9 @@ def test_objectives_pick_on_the_front(objective: str, expected: Point) -> None:
 
 
 def test_no_point_close_enough_is_one_sentence() -> None:
-    with pytest.raises(UserError, match=r"No setting is within 1 points of beam search's 90.0% \(the best reached 81.0%\)"):
+    with pytest.raises(
+        UserError, match=r"No setting is within 1 points of beam search's 90.0% \(the best reached 81.0%\)"
+    ):
         choose(POINTS, Objective("fastest-within", 1.0), Point("beam", {}, 0.9, 10.0, 100))
 
 
@@ -63,8 +71,11 @@ def test_bad_objective(text: str) -> None:
 def test_grid_and_table() -> None:
     arms = grid_arms([5, 10], [7], [0.5, 0.7])
     assert [a.label for a in arms] == [
-        "beam", "specs[beta=5,tau_accept=7,tau_switch=0.5]", "specs[beta=5,tau_accept=7,tau_switch=0.7]",
-        "specs[beta=10,tau_accept=7,tau_switch=0.5]", "specs[beta=10,tau_accept=7,tau_switch=0.7]",
+        "beam",
+        "specs[beta=5,tau_accept=7,tau_switch=0.5]",
+        "specs[beta=5,tau_accept=7,tau_switch=0.7]",
+        "specs[beta=10,tau_accept=7,tau_switch=0.5]",
+        "specs[beta=10,tau_accept=7,tau_switch=0.7]",
     ]
     assert arms[1].method == "specs" and arms[1].overrides == {"beta": 5, "tau_accept": 7, "tau_switch": 0.5}
     text = table(POINTS, BASELINE, B).splitlines()
@@ -88,30 +99,60 @@ def scripted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setattr(bench_command, "open_preset_engines", fake_open)
     monkeypatch.setattr(bench_command, "clock", clock)
     data = tmp_path / "problems.jsonl"
-    data.write_text("".join(json.dumps({"id": f"q{i}", "problem": f"What is 12 + 30? ({i})", "answer": "42"}) + "\n"
-                            for i in range(3)))
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "problem": f"What is 12 + 30? ({i})", "answer": "42"}) + "\n" for i in range(3)
+        )
+    )
     return data
 
 
 def calibrate(data: Path, out: Path, *args: str) -> int:
     # tau_accept = -100 accepts every draft: faster, but the draft's slips make it wrong
-    return main(["calibrate", "--dataset", str(data), "--preset", "cpu-dev", "--out", str(out), "--no-progress",
-                 "--betas", "10", "--tau-accepts=-100,6", "--tau-switches", "0.7", *args])
+    return main(
+        [
+            "calibrate",
+            "--dataset",
+            str(data),
+            "--preset",
+            "cpu-dev",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--betas",
+            "10",
+            "--tau-accepts=-100,6",
+            "--tau-switches",
+            "0.7",
+            *args,
+        ]
+    )
 
 
-def test_calibrate_saves_the_fastest_setting_within_a_point(scripted: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_calibrate_saves_the_fastest_setting_within_a_point(
+    scripted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert calibrate(scripted, tmp_path / "sweep", "--yes") == 0
-    rows = {line.split()[-5 if line.startswith("*") else 0]: line.split()
-            for line in capsys.readouterr().out.splitlines()[1:4]}
+    rows = {
+        line.split()[-5 if line.startswith("*") else 0]: line.split()
+        for line in capsys.readouterr().out.splitlines()[1:4]
+    }
     # beam is right everywhere; accepting every draft is faster but wrong, tau_accept 6 is as right and faster than beam
-    beam, eager, chosen = (rows[k] for k in ("beam", "specs[beta=10,tau_accept=-100,tau_switch=0.7]",
-                                               "specs[beta=10,tau_accept=6,tau_switch=0.7]"))
+    beam, eager, chosen = (
+        rows[k]
+        for k in ("beam", "specs[beta=10,tau_accept=-100,tau_switch=0.7]", "specs[beta=10,tau_accept=6,tau_switch=0.7]")
+    )
     assert beam[1] == "100.0%" and eager[1] == "0.0%" and chosen[:3] == ["*", chosen[1], "100.0%"]
     assert float(eager[2]) < float(chosen[3]) < float(beam[2])
     preset = load_catalog().preset("cpu-dev")
-    assert preset.search == {"max_steps": 12, "max_step_tokens": 160, "result_check": 0.2,
-                             "beta": 10.0, "tau_accept": 6.0, "tau_switch": 0.7}
+    assert preset.search == {
+        "max_steps": 12,
+        "max_step_tokens": 160,
+        "result_check": 0.2,
+        "beta": 10.0,
+        "tau_accept": 6.0,
+        "tau_switch": 0.7,
+    }
     assert preset.settings().tau_accept == 6.0
 
     # a looser objective takes the fast, wrong setting; the sweep is not run again
@@ -127,8 +168,9 @@ def test_calibrate_dry_run_writes_nothing(scripted: Path, tmp_path: Path, capsys
     assert not (tmp_path / "user" / "models.toml").exists()
 
 
-def test_calibrate_asks_before_writing(scripted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_calibrate_asks_before_writing(
+    scripted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import click
 
     monkeypatch.setattr(click, "confirm", lambda *args, **kwargs: False)
@@ -138,8 +180,22 @@ def test_calibrate_asks_before_writing(scripted: Path, tmp_path: Path, monkeypat
 
 
 def test_calibrate_bad_grid_is_one_sentence(scripted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["calibrate", "--dataset", str(scripted), "--preset", "cpu-dev", "--out", str(tmp_path / "s"),
-                 "--tau-switches", "2"]) == 2
+    assert (
+        main(
+            [
+                "calibrate",
+                "--dataset",
+                str(scripted),
+                "--preset",
+                "cpu-dev",
+                "--out",
+                str(tmp_path / "s"),
+                "--tau-switches",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert "error: Invalid --tau-switch" in capsys.readouterr().err
     assert main(["calibrate", "--dataset", str(scripted), "--betas", "ten"]) == 2
     assert "error: --betas takes numbers separated by commas" in capsys.readouterr().err

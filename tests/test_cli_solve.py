@@ -61,7 +61,19 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 def test_solve_json_on_tiny_models(method: str, tiny_preset: Path, tmp_path: Path, capsys) -> None:
     trace = tmp_path / "run.jsonl"
     code, out, err = run_cli(
-        ["solve", "What is 1 + 1?", "--preset", "tiny", "--method", method, "--seed", "3", "--json", "--trace", str(trace)],
+        [
+            "solve",
+            "What is 1 + 1?",
+            "--preset",
+            "tiny",
+            "--method",
+            method,
+            "--seed",
+            "3",
+            "--json",
+            "--trace",
+            str(trace),
+        ],
         capsys,
     )
     assert code == 0, err
@@ -118,7 +130,7 @@ def test_bad_input_is_one_sentence_and_exit_2(args: list[str], says: str, tiny_p
 
 
 def test_a_question_longer_than_the_context_names_both_lengths(tiny_preset: Path, capsys) -> None:
-    code, out, err = run_cli(["solve", "add these " * 400, "--preset", "tiny"], capsys)
+    code, _out, err = run_cli(["solve", "add these " * 400, "--preset", "tiny"], capsys)
     assert code == 2
     assert "512" in err and "Traceback" not in err
 
@@ -128,7 +140,7 @@ def test_missing_models_are_named_with_the_command_that_fetches_them(tmp_path: P
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(tmp_path / "none.toml"))
-    code, out, err = run_cli(["solve", "What is 12 + 30?", "--preset", "cpu-dev"], capsys)
+    code, _out, err = run_cli(["solve", "What is 12 + 30?", "--preset", "cpu-dev"], capsys)
     assert code == 2
     assert "qwen2.5-coder-0.5b-instruct" in err and "fetch-dev-models.sh" in err
 
@@ -137,7 +149,7 @@ def test_a_corrupt_model_file_is_one_sentence_not_a_crash(tmp_path: Path, tiny_q
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(tiny_qwen.read_bytes()[:5000])  # a download cut off
     monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(write_catalog(tmp_path / "m.toml", broken, tiny_qwen)))
-    code, out, err = run_cli(["solve", "What is 1 + 1?", "--preset", "tiny"], capsys)
+    code, _out, err = run_cli(["solve", "What is 1 + 1?", "--preset", "tiny"], capsys)
     assert code == 2
     assert "broken.gguf" in err and "Traceback" not in err
 
@@ -146,7 +158,11 @@ def test_the_command_line_entry_point_exits_2_in_a_fresh_process(tiny_preset: Pa
     """The console script itself (not only `main`) turns errors into exit codes."""
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", "solve", "", "--preset", "tiny"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: The question is empty")

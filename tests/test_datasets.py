@@ -25,23 +25,28 @@ def write_jsonl(path: Path, lines: list[object]) -> Path:
 
 @pytest.fixture
 def small(tmp_path: Path) -> Path:
-    return write_jsonl(tmp_path / "small.jsonl", [
-        {"id": "a", "problem": "1+1?", "answer": "2"},
-        {"id": "b", "problem": "2+2?"},  # line 2: no answer
-        "",  # blank lines are not rows
-        "{not json",  # line 4
-        {"id": "c", "question": "3+3?", "answer": 6},  # other field name, numeric answer
-        {"id": "d", "problem": "", "answer": "1"},  # line 6: empty problem
-        ["a list"],  # line 7
-        {"problem": "no id here", "answer": "x"},  # line 8: id from the line number
-        {"id": "a", "problem": "again", "answer": "2"},  # line 9: duplicate id
-    ])
+    return write_jsonl(
+        tmp_path / "small.jsonl",
+        [
+            {"id": "a", "problem": "1+1?", "answer": "2"},
+            {"id": "b", "problem": "2+2?"},  # line 2: no answer
+            "",  # blank lines are not rows
+            "{not json",  # line 4
+            {"id": "c", "question": "3+3?", "answer": 6},  # other field name, numeric answer
+            {"id": "d", "problem": "", "answer": "1"},  # line 6: empty problem
+            ["a list"],  # line 7
+            {"problem": "no id here", "answer": "x"},  # line 8: id from the line number
+            {"id": "a", "problem": "again", "answer": "2"},  # line 9: duplicate id
+        ],
+    )
 
 
 def test_bad_rows_are_reported_by_line_and_the_rest_load(small: Path) -> None:
     data = load_dataset(str(small))
     assert [(p.id, p.problem, p.answer) for p in data.problems] == [
-        ("a", "1+1?", "2"), ("c", "3+3?", "6"), ("small-8", "no id here", "x"),
+        ("a", "1+1?", "2"),
+        ("c", "3+3?", "6"),
+        ("small-8", "no id here", "x"),
     ]
     assert data.skipped == [
         "line 2: no answer",
@@ -67,8 +72,13 @@ def test_missing_file_is_one_sentence(tmp_path: Path) -> None:
 
 
 def test_selection_limit_offset_ids_shuffle(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "ten.jsonl", [{"id": f"p{i}", "problem": f"q{i}", "answer": str(i)} for i in range(10)])
-    ids = lambda **kw: [p.id for p in load_dataset(str(path), **kw).problems]
+    path = write_jsonl(
+        tmp_path / "ten.jsonl", [{"id": f"p{i}", "problem": f"q{i}", "answer": str(i)} for i in range(10)]
+    )
+
+    def ids(**kw: object) -> list[str]:
+        return [p.id for p in load_dataset(str(path), **kw).problems]
+
     assert ids(limit=3) == ["p0", "p1", "p2"]
     assert ids(offset=8) == ["p8", "p9"]
     assert ids(offset=2, limit=2) == ["p2", "p3"]
@@ -89,8 +99,10 @@ def test_short_names_prefer_the_data_dir(tmp_path: Path, monkeypatch: pytest.Mon
     assert data.name == "gsm8k"
 
 
-@pytest.mark.skipif(not (datasets.REPO_ROOT.parent / "shared" / "data" / "gsm8k.jsonl").is_file(),
-                    reason="the shared data directory is not next to this checkout")
+@pytest.mark.skipif(
+    not (datasets.REPO_ROOT.parent / "shared" / "data" / "gsm8k.jsonl").is_file(),
+    reason="the shared data directory is not next to this checkout",
+)
 def test_bundled_short_names_load(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SPECS_LOCAL_DATA_DIR", raising=False)
     expected = {"gsm8k": 1119, "math500": 500, "amc23": 40, "olympiadbench": 675, "aime24": 30}
@@ -112,7 +124,10 @@ def test_row_shapes_of_hub_sources() -> None:
         source="hub",
     )
     assert [(p.id, p.answer) for p in data.problems] == [
-        ("mixed-1", "1018"), ("2766", "2, 3"), ("0", "27"), ("test/x.json", "\\frac12"),
+        ("mixed-1", "1018"),
+        ("2766", "2, 3"),
+        ("0", "27"),
+        ("test/x.json", "\\frac12"),
     ]
 
 
@@ -123,8 +138,12 @@ def test_hub_ids_and_split_files() -> None:
     assert parse_hub_id("openai/gsm8k") == HubDataset("openai/gsm8k", "main", "test")
     assert parse_hub_id("Hothan/OlympiadBench") == HubDataset("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train")
     assert parse_hub_id("someone/data:cfg") == HubDataset("someone/data", "cfg", "test")
-    gsm8k = ["README.md", "main/test-00000-of-00001.parquet", "main/train-00000-of-00001.parquet",
-             "socratic/test-00000-of-00001.parquet"]
+    gsm8k = [
+        "README.md",
+        "main/test-00000-of-00001.parquet",
+        "main/train-00000-of-00001.parquet",
+        "socratic/test-00000-of-00001.parquet",
+    ]
     assert choose_split_files(gsm8k, HubDataset("openai/gsm8k", "main", "test")) == ["main/test-00000-of-00001.parquet"]
     math500 = ["README.md", "test.jsonl", ".gitattributes"]
     assert choose_split_files(math500, HubDataset("HuggingFaceH4/MATH-500")) == ["test.jsonl"]
@@ -145,8 +164,11 @@ def test_hub_dataset_is_downloaded_and_read(tmp_path: Path, monkeypatch: pytest.
     import huggingface_hub
 
     asked: list[tuple[str, str]] = []
-    monkeypatch.setattr(huggingface_hub, "list_repo_files",
-                        lambda repo, repo_type: ["main/test-00000-of-00001.parquet", "main/train-00000-of-00001.parquet"])
+    monkeypatch.setattr(
+        huggingface_hub,
+        "list_repo_files",
+        lambda repo, repo_type: ["main/test-00000-of-00001.parquet", "main/train-00000-of-00001.parquet"],
+    )
 
     def download(repo: str, filename: str, repo_type: str) -> str:
         asked.append((repo, filename))
@@ -168,5 +190,8 @@ def test_offline_hub_is_one_sentence(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setattr(huggingface_hub, "list_repo_files", offline)
     monkeypatch.setenv("SPECS_LOCAL_DATA_DIR", str(tmp_path))  # an empty data dir
     monkeypatch.setattr(datasets, "REPO_ROOT", tmp_path / "repo")  # no sibling shared/data either
-    with pytest.raises(UserError, match=r"Cannot read Hothan/OlympiadBench from the Hugging Face Hub \(ConnectionError\); no local copy"):
+    with pytest.raises(
+        UserError,
+        match=r"Cannot read Hothan/OlympiadBench from the Hugging Face Hub \(ConnectionError\); no local copy",
+    ):
         load_dataset("olympiadbench")

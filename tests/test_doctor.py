@@ -17,7 +17,6 @@ from app.runtime import sequence_capacity
 from app.search.settings import SearchSettings
 from engines import system
 
-
 TINY_KV_PER_TOKEN = 2 * 2 * (16 + 16) * 2  # scripts/tiny_gguf.py's shape, f16
 
 
@@ -28,18 +27,26 @@ def catalog(hub_env: Path, tiny_gguf: Callable[..., bytes]) -> Path:
     models.mkdir()
     (models / "draft.gguf").write_bytes(tiny_gguf("qwen", seed=1))
     (models / "target.gguf").write_bytes(tiny_gguf("qwen", seed=2))
-    (hub_env / "user-models.toml").write_text(dump_toml({
-        "models": {
-            "draft": {"file": "draft.gguf", "path": str(models / "draft.gguf")},
-            "target": {"file": "target.gguf", "path": str(models / "target.gguf"), "context": 1024},
-            "remote": {"repo": "org/remote-GGUF", "file": "remote-Q4_K_M.gguf", "size": 2_000_000_000},
-        },
-        "presets": {
-            "here": {"draft": "draft", "target": "target", "reward": {"kind": "judge", "model": "target"},
-                     "search": {"n": 16, "beam_width": 4}},
-            "away": {"draft": "draft", "target": "remote", "reward": {"kind": "judge", "model": "target"}},
-        },
-    }))
+    (hub_env / "user-models.toml").write_text(
+        dump_toml(
+            {
+                "models": {
+                    "draft": {"file": "draft.gguf", "path": str(models / "draft.gguf")},
+                    "target": {"file": "target.gguf", "path": str(models / "target.gguf"), "context": 1024},
+                    "remote": {"repo": "org/remote-GGUF", "file": "remote-Q4_K_M.gguf", "size": 2_000_000_000},
+                },
+                "presets": {
+                    "here": {
+                        "draft": "draft",
+                        "target": "target",
+                        "reward": {"kind": "judge", "model": "target"},
+                        "search": {"n": 16, "beam_width": 4},
+                    },
+                    "away": {"draft": "draft", "target": "remote", "reward": {"kind": "judge", "model": "target"}},
+                },
+            }
+        )
+    )
     return hub_env
 
 

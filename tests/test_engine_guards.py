@@ -71,7 +71,7 @@ def test_a_prompt_longer_than_the_context_names_both_lengths(qwen: LlamaModel) -
     with pytest.raises(ContextFullError, match="the prompt has 600 tokens but the context of tiny-qwen holds 512"):
         qwen.start(random_tokens(qwen, 600))
     seq = qwen.start(random_tokens(qwen, 500))
-    with pytest.raises(ContextFullError, match="needs 520 tokens .* holds 512"):
+    with pytest.raises(ContextFullError, match=r"needs 520 tokens .* holds 512"):
         qwen.extend(seq, random_tokens(qwen, 20))
     with pytest.raises(ContextFullError, match="needs 513 tokens"):
         qwen.score([(seq, random_tokens(qwen, 13))])

@@ -55,8 +55,7 @@ def test_a_template_that_refuses_a_conversation_is_an_engine_error(tiny_llama: P
 
 def test_templates_see_what_hugging_face_templates_expect() -> None:
     template = (
-        "{% for m in messages %}{{ m['content'] | tojson }}{% endfor %}"
-        "{{ bos_token }}{{ strftime_now('%Y') | length }}"
+        "{% for m in messages %}{{ m['content'] | tojson }}{% endfor %}{{ bos_token }}{{ strftime_now('%Y') | length }}"
     )
     rendered = render_chat(template, [{"role": "user", "content": "é"}], add_generation_prompt=False, bos_token="<s>")
     assert rendered == '"é"<s>4'

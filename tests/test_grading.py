@@ -99,8 +99,15 @@ def test_golden_set_is_large_enough() -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("1,000", Fraction(1000)), (r"\$1.50", Fraction(3, 2)), ("18 eggs", Fraction(18)),
-     (r"\frac{-1}{2}", Fraction(-1, 2)), ("x = 5", Fraction(5)), (r"2\sqrt{2}", None), ("1,5", None)],
+    [
+        ("1,000", Fraction(1000)),
+        (r"\$1.50", Fraction(3, 2)),
+        ("18 eggs", Fraction(18)),
+        (r"\frac{-1}{2}", Fraction(-1, 2)),
+        ("x = 5", Fraction(5)),
+        (r"2\sqrt{2}", None),
+        ("1,5", None),
+    ],
 )
 def test_as_number(text: str, value: Fraction | None) -> None:
     assert as_number(text) == value

@@ -53,10 +53,14 @@ def tiny(fake_hub: FakeHub, hub_env: Path, tiny_gguf: Callable[..., bytes]) -> T
         },
         "presets": {
             "tiny": {
-                "draft": "tiny-draft", "target": "tiny-target", "reward": {"kind": "judge", "model": "tiny-target"}
+                "draft": "tiny-draft",
+                "target": "tiny-target",
+                "reward": {"kind": "judge", "model": "tiny-target"},
             },
             "mixed": {
-                "draft": "tiny-draft", "target": "tiny-llama", "reward": {"kind": "judge", "model": "tiny-llama"}
+                "draft": "tiny-draft",
+                "target": "tiny-llama",
+                "reward": {"kind": "judge", "model": "tiny-llama"},
             },
         },
     }

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from fakehub import FakeHub
 
 
-
 @pytest.fixture
 def qwen_file(tmp_path: Path, tiny_gguf: Callable[..., bytes]) -> Path:
     path = tmp_path / "tiny.gguf"
@@ -84,8 +83,14 @@ def test_quantisation_from_the_file_name(name: str, quant: str | None) -> None:
 
 @pytest.mark.parametrize(
     ("n", "text"),
-    [(None, "?"), (512, "512 B"), (443_008, "443 kB"), (986_000_000, "986 MB"), (4_680_000_000, "4.68 GB"),
-     (12_100_000_000, "12.1 GB")],
+    [
+        (None, "?"),
+        (512, "512 B"),
+        (443_008, "443 kB"),
+        (986_000_000, "986 MB"),
+        (4_680_000_000, "4.68 GB"),
+        (12_100_000_000, "12.1 GB"),
+    ],
 )
 def test_format_size(n: int | None, text: str) -> None:
     assert hub.format_size(n) == text
@@ -115,14 +120,18 @@ def test_resolution_order_is_path_then_models_dir_then_cache(
 def test_missing_models_of_a_preset_each_once(hub_env: Path, tiny_gguf: Callable[..., bytes]) -> None:
     (hub_env / "models").mkdir()
     (hub_env / "models" / "small.gguf").write_bytes(tiny_gguf("qwen"))
-    (hub_env / "user-models.toml").write_text(dump_toml({
-        "models": {
-            "small": {"file": "small.gguf", "local": True},
-            "big": {"repo": "org/big-GGUF", "file": "big.gguf"},
-        },
-        "presets": {
-            "judge-on-target": {"draft": "small", "target": "big", "reward": {"kind": "judge", "model": "big"}},
-        },
-    }))
+    (hub_env / "user-models.toml").write_text(
+        dump_toml(
+            {
+                "models": {
+                    "small": {"file": "small.gguf", "local": True},
+                    "big": {"repo": "org/big-GGUF", "file": "big.gguf"},
+                },
+                "presets": {
+                    "judge-on-target": {"draft": "small", "target": "big", "reward": {"kind": "judge", "model": "big"}},
+                },
+            }
+        )
+    )
     catalog = load_catalog()
     assert [m.name for m in hub.missing_models("judge-on-target", catalog)] == ["big"]

@@ -13,7 +13,6 @@ from app.cli import main
 from app.config import dump_toml
 
 
-
 @pytest.fixture
 def catalog(hub_env: Path, tiny_gguf: Callable[..., bytes]) -> Path:
     """A user catalog with one model on disk (by path), one in the models folder, one only on the Hub."""
@@ -22,18 +21,22 @@ def catalog(hub_env: Path, tiny_gguf: Callable[..., bytes]) -> Path:
     own.write_bytes(tiny_gguf("qwen"))
     (hub_env / "models").mkdir()
     (hub_env / "models" / "dev-q4_k_m.gguf").write_bytes(tiny_gguf("qwen", seed=3))
-    (hub_env / "user-models.toml").write_text(dump_toml({
-        "default_preset": "half",
-        "models": {
-            "own": {"file": "own-Q8_0.gguf", "path": str(own)},
-            "dev": {"file": "dev-q4_k_m.gguf", "local": True},
-            "remote": {"repo": "org/remote-GGUF", "file": "remote-IQ4_XS.gguf", "size": 2_500_000_000},
-        },
-        "presets": {
-            "half": {"draft": "own", "target": "remote", "reward": {"kind": "judge", "model": "remote"}},
-            "local": {"draft": "dev", "target": "own", "reward": {"kind": "judge", "model": "own"}},
-        },
-    }))
+    (hub_env / "user-models.toml").write_text(
+        dump_toml(
+            {
+                "default_preset": "half",
+                "models": {
+                    "own": {"file": "own-Q8_0.gguf", "path": str(own)},
+                    "dev": {"file": "dev-q4_k_m.gguf", "local": True},
+                    "remote": {"repo": "org/remote-GGUF", "file": "remote-IQ4_XS.gguf", "size": 2_500_000_000},
+                },
+                "presets": {
+                    "half": {"draft": "own", "target": "remote", "reward": {"kind": "judge", "model": "remote"}},
+                    "local": {"draft": "dev", "target": "own", "reward": {"kind": "judge", "model": "own"}},
+                },
+            }
+        )
+    )
     return hub_env
 
 

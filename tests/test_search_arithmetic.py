@@ -81,7 +81,10 @@ def test_result_probability_is_the_product_over_the_least_likely_results_tokens(
     # 42 is " 4" + "2": exp(-0.5); 7 is " 7": exp(-1.5), the lower of the two.
     assert result_probability(text, tokens, logprobs, detok) == pytest.approx(math.exp(-1.5))
     found = results_with_probability(text, tokens, logprobs, detok)
-    assert [(text[a:b], p) for (a, b), p in found] == [("42", pytest.approx(math.exp(-0.5))), ("7", pytest.approx(math.exp(-1.5)))]
+    assert [(text[a:b], p) for (a, b), p in found] == [
+        ("42", pytest.approx(math.exp(-0.5))),
+        ("7", pytest.approx(math.exp(-1.5))),
+    ]
     assert result_probability("no result\n\n", [0], [-1.0], lambda t: "no result\n\n") is None
     assert result_probability(text, tokens, logprobs[:-1], detok) is None
 
@@ -165,9 +168,7 @@ def test_the_check_defers_the_step_the_target_doubts_and_the_target_writes_it() 
 
 def test_target_steps_are_checked_with_the_logprobs_they_were_sampled_with() -> None:
     _, events = solve("beam", 0.2)
-    tens = [
-        s for e in events if isinstance(e, CandidatesScored) and e.step == 1 for s in e.scores
-    ]
+    tens = [s for e in events if isinstance(e, CandidatesScored) and e.step == 1 for s in e.scores]
     assert tens, "beam search scored the tens step"
     for s in tens:
         # The right tens result: the script's share of the step's logprob per token.

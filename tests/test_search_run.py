@@ -166,7 +166,7 @@ def test_stats_count_only_this_search() -> None:
 
 
 def test_event_timings_come_from_the_clock() -> None:
-    _, events, engines = solve("greedy")
+    _, events, _engines = solve("greedy")
     first = of(events, CandidatesDrafted)[0]
     # One sampled token costs the target 0.04 s of the fake clock.
     assert first.seconds == pytest.approx(0.04 * first.candidates[0].n_tokens)
@@ -208,7 +208,7 @@ def loop_engines(n_seq_max: int) -> ScriptedEngines:
 def test_long_searches_do_not_leak_sequences(method: str, beam_width: int) -> None:
     # 120 steps with a pool of 12 per model: one leaked sequence a step exhausts it.
     settings = SearchSettings(n=4, beam_width=beam_width, max_steps=120, temperature=1.0, tau_accept=5.0)
-    finished, events, engines = solve(method, settings, loop_engines(n_seq_max=12))
+    finished, _events, engines = solve(method, settings, loop_engines(n_seq_max=12))
     assert finished.stats.steps == 120
     assert engines.live == 0
     assert engines.target.peak_live <= 2 + 2 * settings.n

@@ -194,7 +194,7 @@ def test_zero_temperature_takes_the_best_scores() -> None:
 
 
 def test_tau_accept_above_every_score_defers_every_draft_step() -> None:
-    finished, events, engines = solve(SearchSettings(tau_accept=100.0))
+    finished, events, _engines = solve(SearchSettings(tau_accept=100.0))
     assert not [e for e in of(events, StepAccepted) if e.origin == "draft"]
     deferred = of(events, Deferred)
     assert deferred and all(d.threshold == 100.0 and d.best_score <= 100.0 for d in deferred)
@@ -243,7 +243,7 @@ def test_first_step_from_the_draft_when_asked() -> None:
 
 
 def test_duplicates_are_marked_and_scored_once() -> None:
-    _, events, engines = solve()
+    _, events, _engines = solve()
     fates = next(e for e in of(events, CandidateFates) if e.step == 1).fates
     scored = next(e for e in of(events, CandidatesScored) if e.step == 1)
     duplicates = [cid for cid, fate in fates.items() if fate == "duplicate"]
@@ -294,7 +294,7 @@ def test_vote_selection_weighs_answers_by_reward() -> None:
     engines_for = lambda: scripted_engines(  # noqa: E731
         draft=script, target=script, rewards=dict(zip(ends, (0.5, 0.5, 0.8)))
     )
-    base = dict(first_step_target=False, temperature=1.0, n=24, seed=1)
+    base = {"first_step_target": False, "temperature": 1.0, "n": 24, "seed": 1}
     best, _, _ = solve(SearchSettings(**base), engines_for())
     vote, events, _ = solve(SearchSettings(answer_selection="vote", **base), engines_for())
     assert len(of(events, CandidateCompleted)) == 3
@@ -334,7 +334,7 @@ def test_beam_width_two_keeps_two_prefixes_from_all_beams() -> None:
     # The step extends both kept prefixes, with ceil(4 / 2) = 2 drafts each.
     assert step1.parents == tuple(a.id for a in accepted_by_step[0])
     children = [c for c in drafted.values() if c.id.startswith("1.")]
-    assert Counter(c.parent for c in children) == Counter({p: 2 for p in step1.parents})
+    assert Counter(c.parent for c in children) == Counter(dict.fromkeys(step1.parents, 2))
     assert len({a.id for a in accepted_by_step[1]}) == 2
     assert finished.answer is None and finished.solution.count("\n\n") == 2
     best = max(of(events, CandidateCompleted), key=lambda c: c.score)
@@ -399,7 +399,7 @@ def test_each_draft_step_makes_one_call_per_model_and_reuses_caches() -> None:
 
 
 def test_reward_queries_carry_the_steps_and_the_target_sequence() -> None:
-    _, events, engines = solve()
+    _, _events, engines = solve()
     queries = engines.reward.queries
     draft_queries = [q for q in queries if q.candidate == TENS]
     assert draft_queries and all(q.steps == (PLAN,) and q.policy_seq is not None for q in draft_queries)

@@ -239,7 +239,9 @@ async def test_several_beams_show_parents_pruning_and_the_chain_to_the_answer() 
 async def test_the_cursor_on_a_candidate_shows_its_whole_text() -> None:
     events, _ = recorded_run()
     accepted = next(e for e in events if isinstance(e, StepAccepted) and e.origin == "draft")
-    parent = next(c.parent for e in events if isinstance(e, CandidatesDrafted) for c in e.candidates if c.id == accepted.id)
+    parent = next(
+        c.parent for e in events if isinstance(e, CandidatesDrafted) for c in e.candidates if c.id == accepted.id
+    )
     app = make_app()
     async with app.run_test(size=SNAPSHOT_SIZE) as pilot:
         await solve(pilot)
@@ -414,8 +416,14 @@ async def test_quitting_mid_search_lets_the_thread_finish_before_the_models_clos
         yield engines
         live_at_close.append(engines.live)  # what the models still held when closed
 
-    app = SpecsApp(load_catalog(), preset=PRESET, engines_factory=factory, search=slowed(0.05),
-                   clock=engines.clock, cursor_blink=False)
+    app = SpecsApp(
+        load_catalog(),
+        preset=PRESET,
+        engines_factory=factory,
+        search=slowed(0.05),
+        clock=engines.clock,
+        cursor_blink=False,
+    )
     async with app.run_test(size=SNAPSHOT_SIZE) as pilot:
         await ask(pilot)
         await wait_until(pilot, lambda: app.query_one(BeamView).steps)
@@ -550,7 +558,7 @@ async def test_replay_plays_a_recorded_trace_in_the_same_screens(tmp_path: Path)
 
 
 async def test_replay_keeps_the_pace_of_the_timestamps() -> None:
-    events, finished = recorded_run()
+    events, _finished = recorded_run()
     speed = 2.0
     app = SpecsApp(load_catalog(), replay=Replay(events, speed=speed), cursor_blink=False)
     async with app.run_test(size=SNAPSHOT_SIZE) as pilot:
@@ -630,10 +638,9 @@ def test_snapshot_compare(snap_compare: Any) -> None:
 async def test_live_search_on_tiny_gguf_models(tiny_qwen: Path) -> None:
     """The whole path on real llama.cpp: a thread worker, tiny random-weight
     models as draft, target and judge, the beam view fed by their events."""
+    from app.search.types import Engines
     from engines.llama import LlamaModel
     from engines.reward import build_reward
-
-    from app.search.types import Engines
 
     recorded: list[Event] = []
 
@@ -646,13 +653,20 @@ async def test_live_search_on_tiny_gguf_models(tiny_qwen: Path) -> None:
 
     @contextmanager
     def tiny_engines(preset: Any, catalog: Any, settings: Any):  # type: ignore[no-untyped-def]
-        with LlamaModel(tiny_qwen, name="tiny-target", n_ctx=1024, n_seq_max=32, flash_attn="off") as target, \
-                LlamaModel(tiny_qwen, name="tiny-draft", n_ctx=1024, n_seq_max=32, flash_attn="off") as draft:
+        with (
+            LlamaModel(tiny_qwen, name="tiny-target", n_ctx=1024, n_seq_max=32, flash_attn="off") as target,
+            LlamaModel(tiny_qwen, name="tiny-draft", n_ctx=1024, n_seq_max=32, flash_attn="off") as draft,
+        ):
             yield Engines(target=target, reward=build_reward("judge", target), draft=draft)
 
     app = SpecsApp(
-        load_catalog(), preset=PRESET, method="specs", engines_factory=tiny_engines, search=recording,
-        settings=lambda preset: preset.settings(n=2, max_steps=3, max_step_tokens=8), cursor_blink=False,
+        load_catalog(),
+        preset=PRESET,
+        method="specs",
+        engines_factory=tiny_engines,
+        search=recording,
+        settings=lambda preset: preset.settings(n=2, max_steps=3, max_step_tokens=8),
+        cursor_blink=False,
     )
     try:
         async with app.run_test(size=SNAPSHOT_SIZE) as pilot:

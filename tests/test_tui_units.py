@@ -43,7 +43,10 @@ def paper_stats() -> Stats:
             "target": ModelStats(seconds=6.0, generated=346),
             "reward": ModelStats(seconds=1.9, prefilled=900),
         },
-        steps=6, draft_steps=4, target_steps=2, deferrals=2,
+        steps=6,
+        draft_steps=4,
+        target_steps=2,
+        deferrals=2,
     )
 
 
@@ -59,8 +62,13 @@ def test_stats_footer_has_the_solve_format() -> None:
 def test_stats_footer_leaves_out_a_draft_that_did_no_work() -> None:
     stats = Stats(
         wall_seconds=2.0,
-        models={"draft": ModelStats(), "target": ModelStats(seconds=1.5, generated=100), "reward": ModelStats(seconds=0.4)},
-        steps=3, target_steps=3,
+        models={
+            "draft": ModelStats(),
+            "target": ModelStats(seconds=1.5, generated=100),
+            "reward": ModelStats(seconds=0.4),
+        },
+        steps=3,
+        target_steps=3,
     )
     assert stats_footer(stats) == "latency 2.0 s · target 1.5 s · reward 0.4 s · 50 tok/s"
 
@@ -78,8 +86,10 @@ def test_speedup(fast: float, slow: float, said: str) -> None:
     assert speedup(fast, slow) == said
 
 
-@pytest.mark.parametrize(("answer", "numeric"), [("42", True), (" -3.5 ", True), ("1,000", True),
-                                                  ("\\frac{1}{2}", False), ("x = 2", False), ("", False)])
+@pytest.mark.parametrize(
+    ("answer", "numeric"),
+    [("42", True), (" -3.5 ", True), ("1,000", True), ("\\frac{1}{2}", False), ("x = 2", False), ("", False)],
+)
 def test_is_number(answer: str, numeric: bool) -> None:
     assert is_number(answer) is numeric
 
@@ -173,13 +183,23 @@ def progress(step: int, text: str, t: float = 0.0) -> DraftProgress:
 def test_buffer_coalesces_progress_but_keeps_everything_else_in_order() -> None:
     buffer = EventBuffer()
     started = StepStarted(t=0, step=1, origin="draft", parents=("",))
-    for event in (started, progress(1, "a"), progress(1, "ab"), progress(1, "abc"),
-                  StepStarted(t=1, step=2, origin="draft", parents=("1.1",)), progress(2, "x"), progress(2, "xy")):
+    for event in (
+        started,
+        progress(1, "a"),
+        progress(1, "ab"),
+        progress(1, "abc"),
+        StepStarted(t=1, step=2, origin="draft", parents=("1.1",)),
+        progress(2, "x"),
+        progress(2, "xy"),
+    ):
         buffer.emit(event)
     events, result = buffer.drain()
     assert result is None
     assert [(type(e).__name__, getattr(e, "texts", None)) for e in events] == [
-        ("StepStarted", None), ("DraftProgress", ("abc",)), ("StepStarted", None), ("DraftProgress", ("xy",)),
+        ("StepStarted", None),
+        ("DraftProgress", ("abc",)),
+        ("StepStarted", None),
+        ("DraftProgress", ("xy",)),
     ]
     assert buffer.received == 7
     assert buffer.drain() == ([], None)
@@ -251,8 +271,9 @@ def test_play_spaces_events_by_their_timestamps() -> None:
     events = [StepStarted(t=t, step=i, origin="draft", parents=()) for i, t in enumerate((5.0, 5.0, 6.0, 9.0))]
     fake = FakeTime()
     emitted: list[tuple[float, int]] = []
-    count = play(events, 2.0, lambda e: emitted.append((fake.now, e.step)), lambda: False,
-                 clock=fake.clock, sleep=fake.sleep)
+    count = play(
+        events, 2.0, lambda e: emitted.append((fake.now, e.step)), lambda: False, clock=fake.clock, sleep=fake.sleep
+    )
     assert count == 4
     assert [(round(t - 100.0, 6), step) for t, step in emitted] == [(0.0, 0), (0.0, 1), (0.5, 2), (2.0, 3)]
     assert max(fake.slept) <= 0.1  # short slices, so a cancel is seen quickly
@@ -262,8 +283,9 @@ def test_play_stops_when_asked() -> None:
     events = [StepStarted(t=float(i), step=i, origin="draft", parents=()) for i in range(10)]
     fake = FakeTime()
     emitted: list[int] = []
-    count = play(events, 1.0, lambda e: emitted.append(e.step), lambda: len(emitted) >= 3,
-                 clock=fake.clock, sleep=fake.sleep)
+    count = play(
+        events, 1.0, lambda e: emitted.append(e.step), lambda: len(emitted) >= 3, clock=fake.clock, sleep=fake.sleep
+    )
     assert count == 3 == len(emitted)
     with pytest.raises(ValueError):
         play(events, 0.0, lambda e: None, lambda: False)
@@ -292,14 +314,20 @@ def test_replay_refuses_a_missing_file_and_a_bad_speed(tmp_path: Path, capsys: p
     assert main(["replay", str(tmp_path / "nope.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
     trace = tmp_path / "t.jsonl"
-    write_trace(trace, [SearchStarted(t=0, method="specs", question="q", settings={}, models={}),
-                        Finished(t=1, answer="1", solution="", stats=Stats())])
+    write_trace(
+        trace,
+        [
+            SearchStarted(t=0, method="specs", question="q", settings={}, models={}),
+            Finished(t=1, answer="1", solution="", stats=Stats()),
+        ],
+    )
     assert main(["replay", str(trace), "--speed", "0"]) == 2
     assert "--speed" in capsys.readouterr().err
 
 
-def test_tui_refuses_a_bad_search_flag_before_opening(capsys: pytest.CaptureFixture[str],
-                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tui_refuses_a_bad_search_flag_before_opening(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(tmp_path / "none.toml"))
     assert main(["tui", "--n", "0"]) == 2
     assert "--n" in capsys.readouterr().err

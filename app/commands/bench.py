@@ -39,15 +39,25 @@ class Interrupted(UserError):
 
 
 def open_preset_engines(
-    preset: Preset, catalog: Catalog, settings: SearchSettings, *,
-    assume_yes: bool, threads: int | None, n_gpu_layers: int | None,
+    preset: Preset,
+    catalog: Catalog,
+    settings: SearchSettings,
+    *,
+    assume_yes: bool,
+    threads: int | None,
+    n_gpu_layers: int | None,
 ) -> AbstractContextManager[Engines]:
     """The preset's models, downloaded if needed (the seam tests replace)."""
     from app.hub import ensure_models
     from app.runtime import open_engines
 
-    paths = ensure_models(preset, catalog, assume_yes=assume_yes, interactive=sys.stdin.isatty(),
-                          echo=lambda line: click.echo(line, err=True))
+    paths = ensure_models(
+        preset,
+        catalog,
+        assume_yes=assume_yes,
+        interactive=sys.stdin.isatty(),
+        echo=lambda line: click.echo(line, err=True),
+    )
     return open_engines(preset, catalog, settings, paths=paths, threads=threads, n_gpu_layers=n_gpu_layers)
 
 
@@ -55,7 +65,9 @@ def dataset_options(func: Any) -> Any:
     """Which problems to run (shared with `calibrate`)."""
     options = [
         click.option("--limit", type=click.IntRange(min=1), default=None, help="Run at most this many problems."),
-        click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Skip this many problems first."),
+        click.option(
+            "--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Skip this many problems first."
+        ),
         click.option("--ids", default=None, help="Only these problem ids, comma-separated."),
         click.option("--shuffle", is_flag=True, help="Shuffle the problems (with --seed) before --offset/--limit."),
     ]
@@ -64,9 +76,15 @@ def dataset_options(func: Any) -> Any:
     return func
 
 
-def load_problems(dataset: str, *, limit: int | None, offset: int, ids: str | None, shuffle: bool, seed: int) -> Dataset:
+def load_problems(
+    dataset: str, *, limit: int | None, offset: int, ids: str | None, shuffle: bool, seed: int
+) -> Dataset:
     chosen = load_dataset(
-        dataset, limit=limit, offset=offset, shuffle=shuffle, seed=seed,
+        dataset,
+        limit=limit,
+        offset=offset,
+        shuffle=shuffle,
+        seed=seed,
         ids=[i.strip() for i in ids.split(",") if i.strip()] if ids else None,
     )
     if chosen.skipped:
@@ -77,8 +95,14 @@ def load_problems(dataset: str, *, limit: int | None, offset: int, ids: str | No
     return chosen
 
 
-def bench_config(dataset: Dataset, preset: Preset, settings: SearchSettings, selection: dict[str, Any],
-                 threads: int | None, gpu_layers: int | None) -> dict[str, Any]:
+def bench_config(
+    dataset: Dataset,
+    preset: Preset,
+    settings: SearchSettings,
+    selection: dict[str, Any],
+    threads: int | None,
+    gpu_layers: int | None,
+) -> dict[str, Any]:
     return {
         "dataset": {"name": dataset.name, "source": dataset.source},
         "preset": preset.name,
@@ -90,29 +114,54 @@ def bench_config(dataset: Dataset, preset: Preset, settings: SearchSettings, sel
 
 
 def run_arms(
-    arms: list[Arm], *, dataset: Dataset, preset: Preset, catalog: Catalog, settings: SearchSettings,
-    out: Path, config: dict[str, Any], trace_dir: Path | None, retry_errors: bool, progress: bool,
-    assume_yes: bool, threads: int | None, gpu_layers: int | None,
+    arms: list[Arm],
+    *,
+    dataset: Dataset,
+    preset: Preset,
+    catalog: Catalog,
+    settings: SearchSettings,
+    out: Path,
+    config: dict[str, Any],
+    trace_dir: Path | None,
+    retry_errors: bool,
+    progress: bool,
+    assume_yes: bool,
+    threads: int | None,
+    gpu_layers: int | None,
 ) -> Outcome:
     """Run the arms and turn an interruption into exit 130 with how to resume."""
     check_draft(arms, preset.draft is not None, f"preset {preset.name}")
 
     def engines() -> AbstractContextManager[Engines]:
-        return open_preset_engines(preset, catalog, settings, assume_yes=assume_yes, threads=threads,
-                                   n_gpu_layers=gpu_layers)
+        return open_preset_engines(
+            preset, catalog, settings, assume_yes=assume_yes, threads=threads, n_gpu_layers=gpu_layers
+        )
 
     with StopOnInterrupt() as stop:
-        outcome = run_bench(dataset.problems, arms, settings, out, engines, config=config, trace_dir=trace_dir,
-                            should_stop=stop, clock=clock, progress=RichProgress() if progress else None,
-                            retry_errors=retry_errors)
+        outcome = run_bench(
+            dataset.problems,
+            arms,
+            settings,
+            out,
+            engines,
+            config=config,
+            trace_dir=trace_dir,
+            should_stop=stop,
+            clock=clock,
+            progress=RichProgress() if progress else None,
+            retry_errors=retry_errors,
+        )
     if outcome.interrupted:
         raise Interrupted(
             f"Interrupted with {outcome.remaining} of {outcome.total} runs left; the finished ones are kept in "
             f"{out / RESULTS}, and the same command resumes from there."
         )
     if outcome.errors:
-        click.secho(f"warning: {outcome.errors} runs failed (see `error` in {out / RESULTS}); "
-                    "--retry-errors runs them again.", fg="yellow", err=True)
+        click.secho(
+            f"warning: {outcome.errors} runs failed (see `error` in {out / RESULTS}); --retry-errors runs them again.",
+            fg="yellow",
+            err=True,
+        )
     return outcome
 
 
@@ -121,8 +170,10 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     for method, m in summary["methods"].items():
         ratio = m["latency_ratio"]
         mean = m["latency"]["mean"]
-        parts = [f"{method:<12} {m['accuracy']:6.1%} ({m['correct']}/{m['n']})",
-                 f"mean {mean:.2f} s" if mean is not None else "no finished run"]
+        parts = [
+            f"{method:<12} {m['accuracy']:6.1%} ({m['correct']}/{m['n']})",
+            f"mean {mean:.2f} s" if mean is not None else "no finished run",
+        ]
         if ratio is not None and method != reference:
             parts.append(f"{ratio['value']:.2f}x {reference} ({ratio['ci'][0]:.2f}-{ratio['ci'][1]:.2f})")
         click.echo("  ".join(parts))
@@ -131,28 +182,70 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
 
 
 @click.command("bench")
-@click.option("--dataset", default=None, envvar="SPECS_LOCAL_DATASET",
-              help="JSON Lines file, short name (gsm8k, math500, amc23, olympiadbench, aime24) or Hub id owner/name[:config[:split]].")
+@click.option(
+    "--dataset",
+    default=None,
+    envvar="SPECS_LOCAL_DATASET",
+    help="JSON Lines file, short name (gsm8k, math500, amc23, olympiadbench, aime24) or Hub id owner/name[:config[:split]].",
+)
 @click.option("--methods", default="specs,beam,greedy", show_default=True, help="Methods to compare, comma-separated.")
-@click.option("--preset", default=None, envvar="SPECS_LOCAL_PRESET", help="Preset of models.toml (default: the catalog's).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Output directory: results.jsonl, config.json, summary.json, report.md, a plot.")
+@click.option(
+    "--preset", default=None, envvar="SPECS_LOCAL_PRESET", help="Preset of models.toml (default: the catalog's)."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Output directory: results.jsonl, config.json, summary.json, report.md, a plot.",
+)
 @dataset_options
 @search_options
-@click.option("--reference", default="beam", show_default=True, help="Method the latency ratios and the claim compare with.")
-@click.option("--trace-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also save every run's events as ID.METHOD.jsonl here.")
+@click.option(
+    "--reference", default="beam", show_default=True, help="Method the latency ratios and the claim compare with."
+)
+@click.option(
+    "--trace-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also save every run's events as ID.METHOD.jsonl here.",
+)
 @click.option("--report-only", is_flag=True, help="Only rebuild the report of --out from its results.")
 @click.option("--retry-errors", is_flag=True, help="Run again the runs that failed last time.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--yes", "-y", is_flag=True, help="Download missing models of the preset without asking.")
-@click.option("--threads", type=click.IntRange(1, 512), default=None, envvar="SPECS_LOCAL_THREADS", help="CPU threads for llama.cpp.")
-@click.option("--gpu-layers", type=int, default=None, envvar="SPECS_LOCAL_GPU_LAYERS",
-              help="Layers to offload to the GPU (default: all when the build supports it; 0 = CPU).")
-def command(dataset: str | None, methods: str, preset: str | None, out: Path, limit: int | None, offset: int,
-            ids: str | None, shuffle: bool, reference: str, trace_dir: Path | None, report_only: bool,
-            retry_errors: bool, no_progress: bool, yes: bool, threads: int | None, gpu_layers: int | None,
-            **search: Any) -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 512),
+    default=None,
+    envvar="SPECS_LOCAL_THREADS",
+    help="CPU threads for llama.cpp.",
+)
+@click.option(
+    "--gpu-layers",
+    type=int,
+    default=None,
+    envvar="SPECS_LOCAL_GPU_LAYERS",
+    help="Layers to offload to the GPU (default: all when the build supports it; 0 = CPU).",
+)
+def command(
+    dataset: str | None,
+    methods: str,
+    preset: str | None,
+    out: Path,
+    limit: int | None,
+    offset: int,
+    ids: str | None,
+    shuffle: bool,
+    reference: str,
+    trace_dir: Path | None,
+    report_only: bool,
+    retry_errors: bool,
+    no_progress: bool,
+    yes: bool,
+    threads: int | None,
+    gpu_layers: int | None,
+    **search: Any,
+) -> None:
     """Run METHODS on the same problems with the same seeds, interleaved problem
     by problem; one JSON line per run in OUT/results.jsonl. Rerunning with the
     same --out skips finished runs; Ctrl-C keeps them.
@@ -175,7 +268,19 @@ def command(dataset: str | None, methods: str, preset: str | None, out: Path, li
     problems = load_problems(dataset, limit=limit, offset=offset, ids=ids, shuffle=shuffle, seed=settings.seed)
     selection = {"limit": limit, "offset": offset, "ids": ids, "shuffle": shuffle}
     config = bench_config(problems, chosen, settings, selection, threads, gpu_layers)
-    run_arms(arms, dataset=problems, preset=chosen, catalog=catalog, settings=settings, out=out, config=config,
-             trace_dir=trace_dir, retry_errors=retry_errors, progress=not no_progress, assume_yes=yes,
-             threads=threads, gpu_layers=gpu_layers)
+    run_arms(
+        arms,
+        dataset=problems,
+        preset=chosen,
+        catalog=catalog,
+        settings=settings,
+        out=out,
+        config=config,
+        trace_dir=trace_dir,
+        retry_errors=retry_errors,
+        progress=not no_progress,
+        assume_yes=yes,
+        threads=threads,
+        gpu_layers=gpu_layers,
+    )
     print_summary(write_report(out, reference), out)

@@ -32,27 +32,69 @@ def default_out(preset: str, dataset: str) -> Path:
 
 
 @click.command("calibrate")
-@click.option("--dataset", default="gsm8k", show_default=True, envvar="SPECS_LOCAL_DATASET",
-              help="JSON Lines file, short name or Hub id to calibrate on.")
-@click.option("--preset", default=None, envvar="SPECS_LOCAL_PRESET", help="Preset to calibrate (default: the catalog's).")
+@click.option(
+    "--dataset",
+    default="gsm8k",
+    show_default=True,
+    envvar="SPECS_LOCAL_DATASET",
+    help="JSON Lines file, short name or Hub id to calibrate on.",
+)
+@click.option(
+    "--preset", default=None, envvar="SPECS_LOCAL_PRESET", help="Preset to calibrate (default: the catalog's)."
+)
 @bench.dataset_options
 @click.option("--betas", default="5,10,20", show_default=True, help="Values of beta to try.")
 @click.option("--tau-accepts", default="5,7,9", show_default=True, help="Values of tau_accept to try.")
 @click.option("--tau-switches", default="0.7", show_default=True, help="Values of tau_switch to try.")
-@click.option("--objective", default="fastest-within:1.0", show_default=True,
-              help="most-accurate, or fastest-within:POINTS of beam search's accuracy.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the sweep's results go (default: the user cache; a rerun resumes).")
+@click.option(
+    "--objective",
+    default="fastest-within:1.0",
+    show_default=True,
+    help="most-accurate, or fastest-within:POINTS of beam search's accuracy.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the sweep's results go (default: the user cache; a rerun resumes).",
+)
 @search_options
 @click.option("--dry-run", is_flag=True, help="Print the table and the choice; write nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Save the choice (and download missing models) without asking.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--threads", type=click.IntRange(1, 512), default=None, envvar="SPECS_LOCAL_THREADS", help="CPU threads for llama.cpp.")
-@click.option("--gpu-layers", type=int, default=None, envvar="SPECS_LOCAL_GPU_LAYERS",
-              help="Layers to offload to the GPU (default: all when the build supports it; 0 = CPU).")
-def command(dataset: str, preset: str | None, limit: int | None, offset: int, ids: str | None, shuffle: bool,
-            betas: str, tau_accepts: str, tau_switches: str, objective: str, out: Path | None, dry_run: bool,
-            yes: bool, no_progress: bool, threads: int | None, gpu_layers: int | None, **search: Any) -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 512),
+    default=None,
+    envvar="SPECS_LOCAL_THREADS",
+    help="CPU threads for llama.cpp.",
+)
+@click.option(
+    "--gpu-layers",
+    type=int,
+    default=None,
+    envvar="SPECS_LOCAL_GPU_LAYERS",
+    help="Layers to offload to the GPU (default: all when the build supports it; 0 = CPU).",
+)
+def command(
+    dataset: str,
+    preset: str | None,
+    limit: int | None,
+    offset: int,
+    ids: str | None,
+    shuffle: bool,
+    betas: str,
+    tau_accepts: str,
+    tau_switches: str,
+    objective: str,
+    out: Path | None,
+    dry_run: bool,
+    yes: bool,
+    no_progress: bool,
+    threads: int | None,
+    gpu_layers: int | None,
+    **search: Any,
+) -> None:
     """Run beam search and SPECS at every (beta, tau_accept, tau_switch) of the
     grid on a slice of DATASET (the first 20 problems unless --limit or --ids),
     print the accuracy-latency table with its Pareto front, and save the
@@ -68,33 +110,52 @@ def command(dataset: str, preset: str | None, limit: int | None, offset: int, id
             flag = "--" + field.replace("_", "-")
             raise UserError(f"{flag} is what calibrate sweeps; give its values with {grid_flag} instead.")
     wanted = parse_objective(objective)
-    arms = grid_arms(parse_values("--betas", betas), parse_values("--tau-accepts", tau_accepts),
-                     parse_values("--tau-switches", tau_switches))
+    arms = grid_arms(
+        parse_values("--betas", betas),
+        parse_values("--tau-accepts", tau_accepts),
+        parse_values("--tau-switches", tau_switches),
+    )
     catalog = load_catalog()
     chosen_preset = catalog.preset(preset)
     settings = build_settings(chosen_preset.search, search)
     for arm in arms[1:]:
         build_settings(settings.model_dump(), arm.overrides)  # a bad grid value fails before any model loads
     limit = 20 if limit is None and not ids else limit
-    problems = bench.load_problems(dataset, limit=limit, offset=offset, ids=ids,
-                                   shuffle=shuffle, seed=settings.seed)
+    problems = bench.load_problems(dataset, limit=limit, offset=offset, ids=ids, shuffle=shuffle, seed=settings.seed)
     out = out or default_out(chosen_preset.name, dataset)
     selection = {"limit": limit, "offset": offset, "ids": ids, "shuffle": shuffle}
     config = bench.bench_config(problems, chosen_preset, settings, selection, threads, gpu_layers)
     # Every SPECS arm sets the swept values itself, so the preset's own (say, from
     # an earlier calibration) do not change what the sweep's results mean.
     config["settings"] = {k: v for k, v in config["settings"].items() if k not in SWEPT}
-    click.echo(f"Sweeping {len(arms) - 1} SPECS settings and beam search on {len(problems.problems)} problems "
-               f"of {problems.name}; results in {out}.", err=True)
-    bench.run_arms(arms, dataset=problems, preset=chosen_preset, catalog=catalog, settings=settings, out=out,
-                   config=config, trace_dir=None, retry_errors=False, progress=not no_progress, assume_yes=yes,
-                   threads=threads, gpu_layers=gpu_layers)
+    click.echo(
+        f"Sweeping {len(arms) - 1} SPECS settings and beam search on {len(problems.problems)} problems "
+        f"of {problems.name}; results in {out}.",
+        err=True,
+    )
+    bench.run_arms(
+        arms,
+        dataset=problems,
+        preset=chosen_preset,
+        catalog=catalog,
+        settings=settings,
+        out=out,
+        config=config,
+        trace_dir=None,
+        retry_errors=False,
+        progress=not no_progress,
+        assume_yes=yes,
+        threads=threads,
+        gpu_layers=gpu_layers,
+    )
 
     summary = write_report(out, reference="beam")
     baseline, points = points_from_summary(summary, arms)
     choice = choose(points, wanted, baseline)
     click.echo(table(points, baseline, choice))
-    click.echo(f"Chosen ({wanted.describe()}): {choice.label}, {choice.accuracy:.1%} at {choice.latency:.2f} s per problem.")
+    click.echo(
+        f"Chosen ({wanted.describe()}): {choice.label}, {choice.accuracy:.1%} at {choice.latency:.2f} s per problem."
+    )
 
     update = {"presets": {chosen_preset.name: {"search": choice.settings}}}
     target = user_config_path()
@@ -107,5 +168,7 @@ def command(dataset: str, preset: str | None, limit: int | None, offset: int, id
     try:
         written = write_user_overrides(update)
     except OSError as exc:
-        raise UserError(f"Cannot write {target} ({exc.strerror}); check its permissions or set SPECS_LOCAL_CONFIG.") from None
+        raise UserError(
+            f"Cannot write {target} ({exc.strerror}); check its permissions or set SPECS_LOCAL_CONFIG."
+        ) from None
     click.echo(f"Saved to {written}; `specs-local solve --preset {chosen_preset.name}` now uses them.")

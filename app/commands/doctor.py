@@ -125,15 +125,23 @@ def _model_need(entry: ModelEntry, roles: tuple[str, ...], n_seq_max: int) -> Mo
             context = min(entry.context, shape.context_length or entry.context)  # as the engine caps it
             vocab = header.array_lengths.get("tokenizer.ggml.tokens", _ASSUMED_VOCAB)
             return ModelNeed(
-                model=entry.name, roles=roles, weights=path.stat().st_size,
-                kv_cache=shape.kv_bytes_per_token() * context, logits=vocab * output_rows * 4,
-                context=context, measured=True,
+                model=entry.name,
+                roles=roles,
+                weights=path.stat().st_size,
+                kv_cache=shape.kv_bytes_per_token() * context,
+                logits=vocab * output_rows * 4,
+                context=context,
+                measured=True,
             )
     weights = entry.size or 0
     return ModelNeed(
-        model=entry.name, roles=roles, weights=weights,
+        model=entry.name,
+        roles=roles,
+        weights=weights,
         kv_cache=int(weights / 1e9 * _KV_PER_TOKEN_PER_GB) * entry.context,
-        logits=_ASSUMED_VOCAB * output_rows * 4, context=entry.context, measured=False,
+        logits=_ASSUMED_VOCAB * output_rows * 4,
+        context=entry.context,
+        measured=False,
     )
 
 
@@ -181,8 +189,10 @@ def _advice(build: system.LlamaBuild | None, build_error: str | None) -> list[st
     if build.gpu_backends:
         return []
     if backend:
-        return [f"This llama.cpp build runs on the CPU only, but this machine has {gpu}; rebuild it with {backend}:\n"
-                f"  {system.rebuild_command(backend)}"]
+        return [
+            f"This llama.cpp build runs on the CPU only, but this machine has {gpu}; rebuild it with {backend}:\n"
+            f"  {system.rebuild_command(backend)}"
+        ]
     return [
         "This llama.cpp build runs on the CPU only and no GPU was found. With an NVIDIA GPU, rebuild it with CUDA:\n"
         f"  {system.rebuild_command('CUDA')}\nor on Apple silicon with Metal:\n  {system.rebuild_command('Metal')}"

@@ -124,4 +124,4 @@ def _model_cells(catalog: Catalog, info: dict[str, Any], model: str, preset: str
 
 def _home(path: str) -> str:
     home = str(Path.home())
-    return "~" + path[len(home):] if path.startswith(home + "/") else path
+    return "~" + path[len(home) :] if path.startswith(home + "/") else path

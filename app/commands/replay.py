@@ -25,8 +25,14 @@ def load_events(path: Path) -> list[Event]:
 
 @click.command("replay")
 @click.argument("trace", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              envvar="SPECS_LOCAL_REPLAY_SPEED", help="Play this many times faster than the search ran.")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    envvar="SPECS_LOCAL_REPLAY_SPEED",
+    help="Play this many times faster than the search ran.",
+)
 def command(trace: Path, speed: float) -> None:
     """Play TRACE (JSON Lines from `solve --trace`) in the terminal app, paced by
     the events' timestamps.

@@ -27,13 +27,28 @@ SEARCH_OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--top-p", "top_p", click.FLOAT, "Nucleus sampling mass."),
     ("--beta", "beta", click.FLOAT, "Reward weight in SPECS's tilted score."),
     ("--tau-accept", "tau_accept", click.FLOAT, "SPECS accepts drafts whose tilted score is above this."),
-    ("--tau-switch", "tau_switch", click.FLOAT, "SPECS returns to the draft after a target step with a reward above this."),
+    (
+        "--tau-switch",
+        "tau_switch",
+        click.FLOAT,
+        "SPECS returns to the draft after a target step with a reward above this.",
+    ),
     ("--rsd-delta", "rsd_delta", click.FLOAT, "RSD keeps a draft step with a reward of at least this."),
-    ("--result-check", "result_check", click.FLOAT, "Scale a step's reward down when the target doubts a result after '=' (probability below this; 0 is off)."),
+    (
+        "--result-check",
+        "result_check",
+        click.FLOAT,
+        "Scale a step's reward down when the target doubts a result after '=' (probability below this; 0 is off).",
+    ),
     ("--max-steps", "max_steps", click.INT, "Most reasoning steps per solution."),
     ("--max-step-tokens", "max_step_tokens", click.INT, "Most tokens per step."),
     ("--logprob-norm", "logprob_norm", click.Choice(["mean", "sum"]), "Length normalisation of the log-ratio."),
-    ("--answer-selection", "answer_selection", click.Choice(["best", "vote"]), "Best completed candidate, or a reward-weighted vote."),
+    (
+        "--answer-selection",
+        "answer_selection",
+        click.Choice(["best", "vote"]),
+        "Best completed candidate, or a reward-weighted vote.",
+    ),
     ("--seed", "seed", click.INT, "Random seed: the same seed gives the same search."),
 ]
 
@@ -69,8 +84,13 @@ class StepPrinter:
     def __call__(self, event: Event) -> None:
         if isinstance(event, StepAccepted):
             self.steps.append(
-                {"step": event.step, "origin": event.origin, "text": event.text,
-                 "reward": event.reward, "score": event.score}
+                {
+                    "step": event.step,
+                    "origin": event.origin,
+                    "text": event.text,
+                    "reward": event.reward,
+                    "score": event.score,
+                }
             )
             if not self.quiet:
                 colour = "green" if event.origin == "draft" else "yellow"
@@ -141,19 +161,49 @@ def read_question(question: str) -> str:
 
 @click.command("solve")
 @click.argument("question")
-@click.option("--method", type=click.Choice(METHODS), default=None, envvar="SPECS_LOCAL_METHOD",
-              help="Search method (default: the preset's, usually specs).")
-@click.option("--preset", default=None, envvar="SPECS_LOCAL_PRESET", help="Preset of models.toml (default: the catalog's).")
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default=None,
+    envvar="SPECS_LOCAL_METHOD",
+    help="Search method (default: the preset's, usually specs).",
+)
+@click.option(
+    "--preset", default=None, envvar="SPECS_LOCAL_PRESET", help="Preset of models.toml (default: the catalog's)."
+)
 @search_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (answer, steps, stats) and nothing else.")
-@click.option("--trace", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write every event as JSON Lines.")
+@click.option(
+    "--trace", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write every event as JSON Lines."
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only the answer and the stats line.")
 @click.option("--yes", "-y", is_flag=True, help="Download missing models of the preset without asking.")
-@click.option("--threads", type=click.IntRange(1, 512), default=None, envvar="SPECS_LOCAL_THREADS", help="CPU threads for llama.cpp.")
-@click.option("--gpu-layers", type=int, default=None, envvar="SPECS_LOCAL_GPU_LAYERS",
-              help="Layers to offload to the GPU (default: all when the build supports it; 0 = CPU).")
-def command(question: str, method: str | None, preset: str | None, as_json: bool, trace: Path | None,
-            quiet: bool, yes: bool, threads: int | None, gpu_layers: int | None, **search: Any) -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 512),
+    default=None,
+    envvar="SPECS_LOCAL_THREADS",
+    help="CPU threads for llama.cpp.",
+)
+@click.option(
+    "--gpu-layers",
+    type=int,
+    default=None,
+    envvar="SPECS_LOCAL_GPU_LAYERS",
+    help="Layers to offload to the GPU (default: all when the build supports it; 0 = CPU).",
+)
+def command(
+    question: str,
+    method: str | None,
+    preset: str | None,
+    as_json: bool,
+    trace: Path | None,
+    quiet: bool,
+    yes: bool,
+    threads: int | None,
+    gpu_layers: int | None,
+    **search: Any,
+) -> None:
     """Solve QUESTION ("-" reads it from stdin) and stream the accepted steps.
 
     \b
@@ -173,8 +223,13 @@ def command(question: str, method: str | None, preset: str | None, as_json: bool
     chosen = catalog.preset(preset)
     method = method or chosen.method
     settings = build_settings(chosen.search, search)
-    paths = ensure_models(chosen, catalog, assume_yes=yes, interactive=sys.stdin.isatty() and not as_json,
-                          echo=lambda line: click.echo(line, err=True))
+    paths = ensure_models(
+        chosen,
+        catalog,
+        assume_yes=yes,
+        interactive=sys.stdin.isatty() and not as_json,
+        echo=lambda line: click.echo(line, err=True),
+    )
 
     printer = StepPrinter(quiet=quiet or as_json)
     sinks = [printer]

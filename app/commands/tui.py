@@ -39,12 +39,28 @@ def missing_models(preset: Preset, catalog: Catalog) -> list[Any]:
 
 @click.command("tui")
 @click.option("--preset", default=None, envvar="SPECS_LOCAL_PRESET", help="Preset of models.toml to start with.")
-@click.option("--method", type=click.Choice(METHODS), default=None, envvar="SPECS_LOCAL_METHOD",
-              help="Search method to start with (default: the preset's).")
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default=None,
+    envvar="SPECS_LOCAL_METHOD",
+    help="Search method to start with (default: the preset's).",
+)
 @search_options
-@click.option("--threads", type=click.IntRange(1, 512), default=None, envvar="SPECS_LOCAL_THREADS", help="CPU threads for llama.cpp.")
-@click.option("--gpu-layers", type=int, default=None, envvar="SPECS_LOCAL_GPU_LAYERS",
-              help="Layers to offload to the GPU (default: all when the build supports it; 0 = CPU).")
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 512),
+    default=None,
+    envvar="SPECS_LOCAL_THREADS",
+    help="CPU threads for llama.cpp.",
+)
+@click.option(
+    "--gpu-layers",
+    type=int,
+    default=None,
+    envvar="SPECS_LOCAL_GPU_LAYERS",
+    help="Layers to offload to the GPU (default: all when the build supports it; 0 = CPU).",
+)
 def command(preset: str | None, method: str | None, threads: int | None, gpu_layers: int | None, **search: Any) -> None:
     """Open the interactive app: type a question, watch the draft propose steps,
     the target and the reward model judge them, and SPECS defer or accept.

@@ -46,7 +46,9 @@ def parse_objective(text: str) -> Objective:
     match = re.fullmatch(r"fastest-within:(\d+(?:\.\d+)?)", text)
     if match:
         return Objective("fastest-within", float(match.group(1)))
-    raise UserError(f"Unknown --objective {text!r}; use most-accurate or fastest-within:POINTS (e.g. fastest-within:1.0).")
+    raise UserError(
+        f"Unknown --objective {text!r}; use most-accurate or fastest-within:POINTS (e.g. fastest-within:1.0)."
+    )
 
 
 def parse_values(option: str, text: str) -> list[float]:
@@ -109,7 +111,9 @@ def choose(points: Sequence[Point], objective: Objective, baseline: Point | None
     if objective.kind == "most-accurate":
         return min(points, key=lambda p: (-p.accuracy, p.latency))
     if baseline is None:
-        raise UserError(f"fastest-within needs {BASELINE} search's accuracy and it finished no problem; use most-accurate.")
+        raise UserError(
+            f"fastest-within needs {BASELINE} search's accuracy and it finished no problem; use most-accurate."
+        )
     # A small tolerance so that "within 1 point" includes exactly 1 point on small slices.
     floor = baseline.accuracy - objective.points / 100 - 1e-9
     eligible = [p for p in points if p.accuracy >= floor]
@@ -129,13 +133,15 @@ def table(points: Sequence[Point], baseline: Point | None, chosen: Point | None)
     ordered = sorted(points, key=lambda p: (p.latency, -p.accuracy))
     for p in ([baseline] if baseline else []) + ordered:
         ratio = f"{p.latency / baseline.latency:.2f}" if baseline and baseline.latency > 0 else "-"
-        rows.append((
-            "*" if chosen is not None and p.label == chosen.label else "",
-            p.label,
-            f"{p.accuracy:.1%}",
-            f"{p.latency:.2f}",
-            ratio,
-            "yes" if p.label in front else ("baseline" if p is baseline else ""),
-        ))
+        rows.append(
+            (
+                "*" if chosen is not None and p.label == chosen.label else "",
+                p.label,
+                f"{p.accuracy:.1%}",
+                f"{p.latency:.2f}",
+                ratio,
+                "yes" if p.label in front else ("baseline" if p is baseline else ""),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)

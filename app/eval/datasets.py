@@ -120,7 +120,7 @@ def _resolve(spec: str) -> Dataset:
                 return read_jsonl(bundled, name=spec)
         hub = SHORT_NAMES[spec]
         return read_hub(hub, name=spec)
-    if path.suffix in _DATA_SUFFIXES or os.sep in spec and not _looks_like_hub_id(spec):
+    if path.suffix in _DATA_SUFFIXES or (os.sep in spec and not _looks_like_hub_id(spec)):
         raise UserError(f"Dataset file {spec} does not exist; check the path or use a short name ({_short_names()}).")
     if _looks_like_hub_id(spec):
         return read_hub(parse_hub_id(spec), name=spec)
@@ -238,12 +238,10 @@ def read_hub(dataset: HubDataset, *, name: str) -> Dataset:
     try:
         files = huggingface_hub.list_repo_files(dataset.repo, repo_type="dataset")
         chosen = choose_split_files(files, dataset)
-        local = [
-            Path(huggingface_hub.hf_hub_download(dataset.repo, f, repo_type="dataset")) for f in chosen
-        ]
+        local = [Path(huggingface_hub.hf_hub_download(dataset.repo, f, repo_type="dataset")) for f in chosen]
     except UserError:
         raise
-    except Exception as exc:  # noqa: BLE001 -- HTTP errors, offline mode and the transport's own network errors
+    except Exception as exc:
         where = f"no local copy of {name} in {', '.join(map(str, data_dirs()))}; " if name in SHORT_NAMES else ""
         raise UserError(
             f"Cannot read {dataset.repo} from the Hugging Face Hub ({type(exc).__name__}); {where}"
@@ -269,7 +267,11 @@ def choose_split_files(files: Sequence[str], dataset: HubDataset) -> list[str]:
         raise UserError(
             f"{dataset.repo} has no {dataset.split!r} split"
             + (f" in config {dataset.config!r}" if dataset.config else "")
-            + (f"; choose one of {', '.join(splits)} as owner/name:config:split." if splits else "; check the dataset id.")
+            + (
+                f"; choose one of {', '.join(splits)} as owner/name:config:split."
+                if splits
+                else "; check the dataset id."
+            )
         )
     configs = sorted({c for f in in_split if (c := _config_of(f))})
     if not dataset.config and len(configs) > 1:

@@ -43,7 +43,11 @@ def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def ratio_of_means(
-    latencies: Sequence[float], reference: Sequence[float], *, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED
+    latencies: Sequence[float],
+    reference: Sequence[float],
+    *,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
 ) -> tuple[float, tuple[float, float]]:
     """mean(latencies) / mean(reference) over paired problems, with a paired
     percentile-bootstrap 95% interval (problems resampled together)."""
@@ -59,8 +63,9 @@ def ratio_of_means(
 
 def summarise(rows: Sequence[dict[str, Any]], reference: str = "beam", order: Sequence[str] = ()) -> dict[str, Any]:
     """The numbers of summary.json from result lines."""
-    methods = list(dict.fromkeys([*[m for m in order if any(r["method"] == m for r in rows)],
-                                  *(r["method"] for r in rows)]))
+    methods = list(
+        dict.fromkeys([*[m for m in order if any(r["method"] == m for r in rows)], *(r["method"] for r in rows)])
+    )
     by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
     summary: dict[str, Any] = {
         "reference": reference,
@@ -71,7 +76,9 @@ def summarise(rows: Sequence[dict[str, Any]], reference: str = "beam", order: Se
     return summary
 
 
-def _method_summary(method: str, rows: list[dict[str, Any]], reference_rows: list[dict[str, Any]] | None) -> dict[str, Any]:
+def _method_summary(
+    method: str, rows: list[dict[str, Any]], reference_rows: list[dict[str, Any]] | None
+) -> dict[str, Any]:
     n = len(rows)
     correct = sum(bool(r["correct"]) for r in rows)
     ok = [r for r in rows if not r.get("error")]
@@ -121,17 +128,25 @@ def paired_ratio(rows: Sequence[dict[str, Any]], reference_rows: Sequence[dict[s
     return {"value": point, "ci": [low, high], "pairs": len(pairs)}
 
 
-def claim(rows: list[dict[str, Any]] | None, reference_rows: list[dict[str, Any]] | None, reference: str) -> dict[str, Any]:
+def claim(
+    rows: list[dict[str, Any]] | None, reference_rows: list[dict[str, Any]] | None, reference: str
+) -> dict[str, Any]:
     """The paper's claim on the problems both methods ran: accuracy not lower,
     latency ratio at most 0.81."""
     if not rows or not reference_rows:
-        return {"evaluated": False, "met": None,
-                "sentence": f"The claim needs both {CLAIM_METHOD} and {reference} results; it was not evaluated."}
+        return {
+            "evaluated": False,
+            "met": None,
+            "sentence": f"The claim needs both {CLAIM_METHOD} and {reference} results; it was not evaluated.",
+        }
     pairs = _paired(rows, reference_rows)
     ratio = paired_ratio(rows, reference_rows)
     if not pairs or ratio is None:
-        return {"evaluated": False, "met": None,
-                "sentence": f"{CLAIM_METHOD} and {reference} share no finished problem; the claim was not evaluated."}
+        return {
+            "evaluated": False,
+            "met": None,
+            "sentence": f"{CLAIM_METHOD} and {reference} share no finished problem; the claim was not evaluated.",
+        }
     accuracy = sum(bool(a["correct"]) for a, _ in pairs) / len(pairs)
     reference_accuracy = sum(bool(b["correct"]) for _, b in pairs) / len(pairs)
     accurate = accuracy >= reference_accuracy
@@ -145,9 +160,14 @@ def claim(rows: list[dict[str, Any]] | None, reference_rows: list[dict[str, Any]
         f"(95% CI {ratio['ci'][0]:.2f}-{ratio['ci'][1]:.2f}; the paper claims at most {CLAIM_RATIO})."
     )
     return {
-        "evaluated": True, "met": met, "problems": len(pairs),
-        "accuracy": accuracy, "reference_accuracy": reference_accuracy,
-        "latency_ratio": ratio["value"], "latency_ratio_ci": ratio["ci"], "threshold": CLAIM_RATIO,
+        "evaluated": True,
+        "met": met,
+        "problems": len(pairs),
+        "accuracy": accuracy,
+        "reference_accuracy": reference_accuracy,
+        "latency_ratio": ratio["value"],
+        "latency_ratio_ci": ratio["ci"],
+        "threshold": CLAIM_RATIO,
         "sentence": sentence,
     }
 
@@ -186,12 +206,18 @@ def markdown(summary: dict[str, Any], config: dict[str, Any]) -> str:
             f"| {_fmt(m['acceptance_rate'], '.1%')} | {_fmt(m['deferral_rate'], '.2f')} "
             f"| {_fmt(m['overhead_share'], '.1%')} | {m['errors']} |"
         )
-    lines += ["", "Per model, mean per problem (seconds inside the model, tokens sampled, tokens prefilled):", "",
-              "| method | model | seconds | generated | prefilled |", "| --- | --- | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "Per model, mean per problem (seconds inside the model, tokens sampled, tokens prefilled):",
+        "",
+        "| method | model | seconds | generated | prefilled |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for method, m in summary["methods"].items():
         for role, usage in m["models"].items():
-            lines.append(f"| {method} | {role} | {usage['seconds']:.2f} | {usage['generated']:.0f} "
-                         f"| {usage['prefilled']:.0f} |")
+            lines.append(
+                f"| {method} | {role} | {usage['seconds']:.2f} | {usage['generated']:.0f} | {usage['prefilled']:.0f} |"
+            )
     lines += ["", summary["claim"]["sentence"], "", f"![accuracy against latency]({PLOT})", ""]
     return "\n".join(lines)
 
@@ -214,8 +240,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
             is_reference = method == summary["reference"]
             # rounding can put the interval a hair inside the point at 0% and 100%
             yerr = [[max(0.0, acc - low)], [max(0.0, high - acc)]]
-            ax.errorbar([mean], [acc], yerr=yerr, fmt="s" if is_reference else "o",
-                        capsize=4, label=method)
+            ax.errorbar([mean], [acc], yerr=yerr, fmt="s" if is_reference else "o", capsize=4, label=method)
             ax.annotate(method, (mean, acc), textcoords="offset points", xytext=(6, 6), fontsize=9)
         ax.set_xlabel("mean latency per problem (s)")
         ax.set_ylabel("accuracy (%, 95% CI)")

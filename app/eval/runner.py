@@ -94,8 +94,12 @@ def claim_out_dir(out_dir: Path, config: dict[str, Any], arms: Sequence[Arm]) ->
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
-            raise UserError(f"{path} is not a benchmark configuration; pass another --out or delete {out_dir}.") from None
-        difference = _first_difference({k: old.get(k) for k in IDENTITY_KEYS}, {k: config.get(k) for k in IDENTITY_KEYS})
+            raise UserError(
+                f"{path} is not a benchmark configuration; pass another --out or delete {out_dir}."
+            ) from None
+        difference = _first_difference(
+            {k: old.get(k) for k in IDENTITY_KEYS}, {k: config.get(k) for k in IDENTITY_KEYS}
+        )
         recorded_arms = old.get("arms", {})
         for arm in arms:
             if arm.label in recorded_arms and recorded_arms[arm.label] != _arm_json(arm):
@@ -210,11 +214,7 @@ def run_bench(
     if search is None:
         from app.search import run as search
     claim_out_dir(out_dir, config, arms)
-    done = {
-        (str(r["id"]), str(r["method"]))
-        for r in read_results(out_dir)
-        if not (retry_errors and r.get("error"))
-    }
+    done = {(str(r["id"]), str(r["method"])) for r in read_results(out_dir) if not (retry_errors and r.get("error"))}
     todo = [
         (problem, arm)
         for index, problem in enumerate(problems)
@@ -275,8 +275,9 @@ def _run_one(
     with _trace_sink(trace_dir, problem.id, arm.label) as emit:
         start = clock()
         try:
-            finished = search(arm.method, problem.problem, engines, settings,
-                              emit=emit, should_stop=should_stop, clock=clock)
+            finished = search(
+                arm.method, problem.problem, engines, settings, emit=emit, should_stop=should_stop, clock=clock
+            )
         except Cancelled:
             return None
         except Exception as exc:  # one problem's failure (context full, a bug) must not end the benchmark
@@ -298,8 +299,12 @@ def _run_one(
         "wall_seconds": stats.wall_seconds,
         "overhead_seconds": stats.overhead_seconds,
         "models": {
-            role: {"seconds": m.seconds, "native_seconds": m.native_seconds,
-                   "generated": m.generated, "prefilled": m.prefilled}
+            role: {
+                "seconds": m.seconds,
+                "native_seconds": m.native_seconds,
+                "generated": m.generated,
+                "prefilled": m.prefilled,
+            }
             for role, m in stats.models.items()
         },
         "steps": stats.steps,
@@ -314,10 +319,21 @@ def _run_one(
 
 def _failed(problem: Problem, latency: float, error: str) -> dict[str, Any]:
     return {
-        "answer": None, "reference": problem.answer, "correct": False, "judge": "none",
-        "latency": latency, "wall_seconds": latency, "overhead_seconds": 0.0, "models": {},
-        "steps": 0, "draft_steps": 0, "target_steps": 0, "deferrals": 0, "switches": 0,
-        "acceptance": 0.0, "error": error,
+        "answer": None,
+        "reference": problem.answer,
+        "correct": False,
+        "judge": "none",
+        "latency": latency,
+        "wall_seconds": latency,
+        "overhead_seconds": 0.0,
+        "models": {},
+        "steps": 0,
+        "draft_steps": 0,
+        "target_steps": 0,
+        "deferrals": 0,
+        "switches": 0,
+        "acceptance": 0.0,
+        "error": error,
     }
 
 
@@ -333,8 +349,11 @@ def _trace_sink(trace_dir: Path | None, problem_id: str, label: str) -> Iterator
 
 
 def trace_name(problem_id: str, label: str) -> str:
-    safe = lambda s: re.sub(r"[^A-Za-z0-9._=-]+", "_", s)
-    return f"{safe(problem_id)}.{safe(label)}.jsonl"
+    return f"{_safe_name(problem_id)}.{_safe_name(label)}.jsonl"
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text)
 
 
 class RichProgress:
@@ -352,9 +371,15 @@ class RichProgress:
         from rich.progress import Progress as RichBar
 
         self._bar = RichBar(
-            TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[scores]}"),
-            console=Console(stderr=True), transient=False,
+            TextColumn("[bold]bench"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[scores]}"),
+            console=Console(stderr=True),
+            transient=False,
         )
         self._task: Any = None
         self._scores: dict[str, list[int]] = {}

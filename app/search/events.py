@@ -13,7 +13,7 @@ the tree of steps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 Origin = Literal["draft", "target"]
 Fate = Literal["accepted", "rejected", "pruned", "completed", "duplicate"]
@@ -184,21 +184,22 @@ class Finished(Event):
     error: str | None = None
 
 
-AnyEvent = Union[
-    SearchStarted,
-    StepStarted,
-    DraftProgress,
-    CandidatesDrafted,
-    CandidatesScored,
-    CandidateFates,
-    StepAccepted,
-    Deferred,
-    SwitchedToDraft,
-    BeamPruned,
-    CandidateCompleted,
-    Finished,
-]
+AnyEvent = (
+    SearchStarted
+    | StepStarted
+    | DraftProgress
+    | CandidatesDrafted
+    | CandidatesScored
+    | CandidateFates
+    | StepAccepted
+    | Deferred
+    | SwitchedToDraft
+    | BeamPruned
+    | CandidateCompleted
+    | Finished
+)
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls for cls in AnyEvent.__args__  # type: ignore[attr-defined]
+    cls.__name__: cls
+    for cls in AnyEvent.__args__  # type: ignore[attr-defined]
 }

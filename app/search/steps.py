@@ -146,9 +146,7 @@ def judge(ctx: SearchContext, candidates: Sequence[Candidate]) -> None:
     """The reward of every candidate's newest step, in one reward-model call."""
     if not candidates:
         return
-    queries = [
-        RewardQuery(ctx.question, c.parent.steps, c.text, policy_seq=c.seqs.get("target")) for c in candidates
-    ]
+    queries = [RewardQuery(ctx.question, c.parent.steps, c.text, policy_seq=c.seqs.get("target")) for c in candidates]
     rewards = ctx.engines.reward.score(queries, should_stop=ctx.should_stop)
     for candidate, reward in zip(candidates, rewards):
         candidate.reward = checked_reward(float(reward), candidate.result_prob, ctx.settings.result_check)
@@ -185,9 +183,7 @@ def completion_reason(candidate: Candidate, last: bool) -> str | None:
     return None
 
 
-def collect(
-    ctx: SearchContext, step: int, candidates: Sequence[Candidate], fates: dict[str, Fate]
-) -> list[Candidate]:
+def collect(ctx: SearchContext, step: int, candidates: Sequence[Candidate], fates: dict[str, Fate]) -> list[Candidate]:
     """Move completed candidates into the search's completions; the live rest."""
     live: list[Candidate] = []
     for candidate in candidates:

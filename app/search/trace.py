@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import IO
 
@@ -22,7 +22,7 @@ def event_to_json(event: Event) -> str:
     return json.dumps({"event": type(event).__name__, **asdict(event)}, ensure_ascii=False)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _adapter(name: str) -> TypeAdapter:
     return TypeAdapter(EVENT_TYPES[name])
 
@@ -39,7 +39,8 @@ class TraceWriter:
     """An event sink that appends JSON lines to a file, flushed per event."""
 
     def __init__(self, path: Path | str) -> None:
-        self._file: IO[str] = open(path, "w", encoding="utf-8")
+        # Open for the writer's lifetime; `close` ends it.
+        self._file: IO[str] = open(path, "w", encoding="utf-8")  # noqa: SIM115
 
     def __call__(self, event: Event) -> None:
         self._file.write(event_to_json(event) + "\n")

@@ -158,12 +158,13 @@ class SpecsApp(App[None]):
             yield QuestionInput(self.history, blink=self._cursor_blink, id="question")
             with Horizontal(id="options"):
                 yield Select(
-                    [(name, name) for name in self.catalog.presets], value=self.preset_name,
-                    allow_blank=False, compact=True, id="preset",
+                    [(name, name) for name in self.catalog.presets],
+                    value=self.preset_name,
+                    allow_blank=False,
+                    compact=True,
+                    id="preset",
                 )
-                yield Select(
-                    [(m, m) for m in METHODS], value=self.method, allow_blank=False, compact=True, id="method"
-                )
+                yield Select([(m, m) for m in METHODS], value=self.method, allow_blank=False, compact=True, id="method")
                 yield Button("Solve", id="solve", variant="primary")
                 yield Button("Compare", id="compare")
                 yield Button("Cancel", id="cancel", variant="error", disabled=True)
@@ -185,8 +186,11 @@ class SpecsApp(App[None]):
 
     def on_mount(self) -> None:
         for selector, title in (
-            ("#beam-pane", "Beam"), ("#rewards-box", "Rewards"), ("#deferrals", "Deferrals and switches"),
-            ("#latency", "Latency"), ("#result", "Answer"),
+            ("#beam-pane", "Beam"),
+            ("#rewards-box", "Rewards"),
+            ("#deferrals", "Deferrals and switches"),
+            ("#latency", "Latency"),
+            ("#result", "Answer"),
         ):
             self.query_one(selector).border_title = title
         self.query_one("#beam-pane").border_subtitle = FATE_LEGEND
@@ -194,8 +198,10 @@ class SpecsApp(App[None]):
         self.query_one("#candidate-text").display = False
         # Looked up once: the event handler runs up to REFRESH_HZ times a second.
         self._views = (
-            self.query_one("#beam", BeamView), self.query_one("#rewards", RewardChart),
-            self.query_one("#deferrals", DeferralLog), self.query_one("#latency", LatencyPanel),
+            self.query_one("#beam", BeamView),
+            self.query_one("#rewards", RewardChart),
+            self.query_one("#deferrals", DeferralLog),
+            self.query_one("#latency", LatencyPanel),
         )
         self._pull_timer = self.set_interval(1 / REFRESH_HZ, self._pull, pause=True)
         self._update_subtitle()
@@ -243,9 +249,13 @@ class SpecsApp(App[None]):
         yield from super().get_system_commands(screen)
         if self.can_search:
             yield SystemCommand("Solve", "Solve the question with the chosen preset and method", self.action_solve)
-            yield SystemCommand("Compare SPECS with beam search", "Run both on the question, side by side", self.action_compare)
+            yield SystemCommand(
+                "Compare SPECS with beam search", "Run both on the question, side by side", self.action_compare
+            )
         if self.running:
-            yield SystemCommand("Cancel search", "Stop the running search, keeping the best answer so far", self.action_cancel)
+            yield SystemCommand(
+                "Cancel search", "Stop the running search, keeping the best answer so far", self.action_cancel
+            )
         yield SystemCommand("Copy answer", "Copy the final answer to the clipboard", self.action_copy_answer)
         yield SystemCommand("Help", "Keys and what each view shows", self.action_help)
 
@@ -309,7 +319,8 @@ class SpecsApp(App[None]):
         if preset.draft is None and any(m in NEEDS_DRAFT for m in methods):
             self.notify(
                 f"The preset {preset.name} has no draft model; choose beam, best-of-n or greedy, or another preset.",
-                severity="warning", markup=False,
+                severity="warning",
+                markup=False,
             )
             return False
         missing = [_describe_model(m) for m in self._missing_models(preset, self.catalog)]
@@ -355,14 +366,19 @@ class SpecsApp(App[None]):
                         break
                     self.post_message(StatusChanged(f"{method} on {job.preset.name}: searching…"))
                     finished = self._search_fn(
-                        method, job.question, engines, job.settings,
-                        emit=self.buffer.emit, should_stop=lambda: worker.is_cancelled, clock=self._clock,
+                        method,
+                        job.question,
+                        engines,
+                        job.settings,
+                        emit=self.buffer.emit,
+                        should_stop=lambda: worker.is_cancelled,
+                        clock=self._clock,
                     )
                     outcomes.append(RunOutcome(method, finished))
         except (UserError, ConfigError, EngineError, ValueError) as exc:
             # Said in one sentence by whoever raised it (ValueError: the search's refusals).
             error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - any failure must leave the app usable
+        except Exception as exc:
             log.exception("search failed")
             error = f"{type(exc).__name__}: {exc}" + (f" (details in {self._log_path})" if self._log_path else "")
         finally:
@@ -383,7 +399,7 @@ class SpecsApp(App[None]):
         try:
             self.post_message(StatusChanged(f"Replaying {replay.name} at {replay.speed:g}x…"))
             play(replay.events, replay.speed, self.buffer.emit, lambda: worker.is_cancelled)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("replay failed")
             error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -510,4 +526,3 @@ class SpecsApp(App[None]):
             self.query_one(selector).disabled = not idle
         self.query_one("#cancel").disabled = not self.running
         self.refresh_bindings()
-

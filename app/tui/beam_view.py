@@ -39,6 +39,7 @@ FATE_LEGEND = "  ".join(f"{mark} {fate}" for fate, (mark, _) in FATE_STYLE.items
 # The column heads of a candidate line, indented to where candidates start in the tree.
 COLUMNS = "      id   by reward  Δlogp  score    text"
 
+
 @dataclass
 class CandidateRow:
     """What the beam view knows about one candidate."""
@@ -86,7 +87,9 @@ def candidate_label(row: CandidateRow, *, show_parent: bool = False) -> Text:
     label = Text(no_wrap=True, overflow="ellipsis")
     label.append(f"{row.id:<5} ", style="bold" if row.on_path else "")
     label.append(row.origin[0].upper(), style=ORIGIN_STYLE[row.origin])
-    label.append(f"  {_number(row.reward, '.2f', 5)} {_number(row.log_ratio, '+.2f', 6)} {_number(row.score, '.2f', 6)} ")
+    label.append(
+        f"  {_number(row.reward, '.2f', 5)} {_number(row.log_ratio, '+.2f', 6)} {_number(row.score, '.2f', 6)} "
+    )
     if row.fate is not None:
         mark, style = FATE_STYLE[row.fate]
         label.append(mark, style=style)
@@ -100,7 +103,9 @@ def candidate_label(row: CandidateRow, *, show_parent: bool = False) -> Text:
         label.append(f"[{row.parent}] ", style="dim")
     if row.doubted_result is not None:
         label.append(f"=?{row.doubted_result:.2f} ", style="bold red")
-    label.append(text, style="bold green" if row.on_path else ("dim" if row.fate in ("pruned", "rejected", "duplicate") else ""))
+    label.append(
+        text, style="bold green" if row.on_path else ("dim" if row.fate in ("pruned", "rejected", "duplicate") else "")
+    )
     if row.answer is not None:
         label.append(f"  → {row.answer}", style="bold")
     return label
@@ -271,5 +276,9 @@ class BeamView(Tree[str]):
                     self._dirty.add(row.id)
         if finished.answer is not None:
             self.root.set_label(
-                Text.assemble((one_line(str(self.root.label), TEXT_WIDTH), "bold"), ("  → ", "dim"), (finished.answer, "bold green"))
+                Text.assemble(
+                    (one_line(str(self.root.label), TEXT_WIDTH), "bold"),
+                    ("  → ", "dim"),
+                    (finished.answer, "bold green"),
+                )
             )

@@ -51,7 +51,11 @@ class ComparePanel(Static):
         for method in [o.method for o in self.outcomes] + self.pending:
             table.add_column(LABELS.get(method, method), ratio=1, no_wrap=True, header_style="bold")
         rows: dict[str, list[Text | str]] = {
-            "answer": [], "latency": [], "draft / target / reward": [], "tok/s": [], "acceptance": [],
+            "answer": [],
+            "latency": [],
+            "draft / target / reward": [],
+            "tok/s": [],
+            "acceptance": [],
         }
         for o in self.outcomes:
             f, stats = o.finished, o.finished.stats
@@ -64,7 +68,8 @@ class ComparePanel(Static):
             rows["tok/s"].append(f"{tokens_per_second(stats):.0f}")
             rows["acceptance"].append(
                 f"{acceptance(stats)} · {stats.deferrals} deferral{'' if stats.deferrals == 1 else 's'}"
-                if "draft" in roles else "–"
+                if "draft" in roles
+                else "–"
             )
         for _ in self.pending:
             for cells in rows.values():

@@ -24,8 +24,12 @@ from app.search.events import (
 )
 
 SLICE_STYLE = {
-    "draft": "cyan", "target": "magenta", "reward": "yellow", "score": "yellow",
-    "other": "grey50", "in flight": "grey50",
+    "draft": "cyan",
+    "target": "magenta",
+    "reward": "yellow",
+    "score": "yellow",
+    "other": "grey50",
+    "in flight": "grey50",
 }
 OUTSIDE_MODELS = ("other", "in flight")
 # Methods that hand steps between draft and target, where acceptance means something.
@@ -111,8 +115,13 @@ class LatencyPanel(Widget):
             steps = sum(self.accepted.values())
             accept = f"{self.accepted['draft'] / steps if steps else 0:.0%} ({self.accepted['draft']}/{steps})"
             deferrals = self.deferrals
-        head = Text.assemble(("elapsed ", "dim"), (f"{self.elapsed:.1f} s", "bold"), ("   ", ""),
-                             (f"{rate:.0f}", "bold"), (" tok/s", "dim"))
+        head = Text.assemble(
+            ("elapsed ", "dim"),
+            (f"{self.elapsed:.1f} s", "bold"),
+            ("   ", ""),
+            (f"{rate:.0f}", "bold"),
+            (" tok/s", "dim"),
+        )
         slices = self.slices()
         # The models on the legend line; the time outside them on the head line.
         legend = Text()

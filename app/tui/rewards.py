@@ -52,8 +52,15 @@ def thresholds_for(method: str, settings: dict[str, object]) -> Thresholds:
     return Thresholds()
 
 
-def track(width: int, lo: float, hi: float, values: list[float], chosen: float | None,
-          threshold: float | None, chosen_style: str) -> Text:
+def track(
+    width: int,
+    lo: float,
+    hi: float,
+    values: list[float],
+    chosen: float | None,
+    threshold: float | None,
+    chosen_style: str,
+) -> Text:
     """A one-line axis from lo to hi: spread bar, threshold tick, chosen dot."""
     cells = ["·"] * width
     styles = ["dim"] * width

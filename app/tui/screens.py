@@ -68,7 +68,10 @@ class MissingModelsScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         names = "\n".join(f"  • {name}" for name in self.missing)
         with Vertical(id="missing-box", classes="dialog"):
-            yield Static(f"The preset [b]{escape(self.preset)}[/b] needs models that are not on this machine:", id="missing-title")
+            yield Static(
+                f"The preset [b]{escape(self.preset)}[/b] needs models that are not on this machine:",
+                id="missing-title",
+            )
             yield Static(names, id="missing-names", markup=False)
             yield Static("Download them with:", id="missing-hint")
             yield Static(f"  specs-local download {self.preset}", id="missing-command", markup=False)
