@@ -184,6 +184,9 @@ class RewardQuery:
     # The candidate's sequence in the target model when one is cached there
     # (a judge running on the target forks it instead of re-reading the text).
     policy_seq: Seq | None = field(default=None, compare=False)
+    # The target's final hidden state at the candidate's end, when the target
+    # was asked for hidden states (what a value-head reward reads).
+    policy_state: Sequence[float] | None = field(default=None, compare=False)
 
 
 class RewardModel(Protocol):
