@@ -17,7 +17,10 @@ servers without the extension do), and stop.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +45,7 @@ class FakeVLLM:
         delay_s: float = 0.0,
         prompt_logprobs: bool = True,
         pooling: PoolingFn | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.model = model
         self.served = list(served)
@@ -52,16 +56,20 @@ class FakeVLLM:
         self.pooling = pooling
         self.failures: list[int | str] = []
         self.log: list[tuple[str, dict[str, Any] | None]] = []
+        self.connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self._scheme = "https" if tls is not None else "http"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return f"{self._scheme}://{host}:{port}/v1"
 
     def fail(self, *failures: int | str) -> None:
         """Answer the next requests with these statuses (or DROP them), in order."""
@@ -73,8 +81,15 @@ class FakeVLLM:
             return [path for path, _ in self.log]
 
     def stop(self) -> None:
+        """Stop as a killed server does: no new connections, open ones cut."""
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            open_ones, self.connections = list(self.connections), set()
+        for conn in open_ones:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
 
     def __enter__(self) -> FakeVLLM:
         return self
@@ -286,6 +301,17 @@ def _handler(fake: FakeVLLM) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            with fake._lock:
+                fake.connections.add(self.connection)
+
+        def finish(self) -> None:
+            with fake._lock:
+                fake.connections.discard(self.connection)
+            with contextlib.suppress(OSError):  # the connection was cut by stop()
+                super().finish()
+
         def do_GET(self) -> None:
             self._serve("GET")
 
@@ -303,10 +329,13 @@ def _handler(fake: FakeVLLM) -> type[BaseHTTPRequestHandler]:
                 self.connection.close()
                 return
             data = json.dumps(answer).encode()
-            self.send_response(int(status))
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(int(status))
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:  # the client gave up (a timeout) or stop() cut the connection
+                self.close_connection = True
 
     return Handler

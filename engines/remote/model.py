@@ -32,8 +32,8 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -130,6 +130,7 @@ class RemoteModel:
             raise EngineError(f"the context size of {self.name} is unknown; set `context` in its catalog entry.")
         self._n_ctx = min(limits)
         self._lock = threading.Lock()
+        self._timing = threading.local()
         self._pieces: dict[int, str] = {}
         self._prompts: OrderedDict[str, list[int]] = OrderedDict()
         bos = self._tokenize_text("", add_special=True)
@@ -157,7 +158,7 @@ class RemoteModel:
 
     # --- requests ---------------------------------------------------------------------
 
-    def _post(
+    def post(
         self,
         requests: Sequence[tuple[str, dict[str, Any]]],
         usage: ModelUsage,
@@ -165,15 +166,32 @@ class RemoteModel:
         root: bool = False,
         should_stop: StopFn | None = None,
     ) -> list[dict[str, Any]]:
-        """Concurrent POSTs; the wait is charged to `usage` as server time."""
+        """Concurrent POSTs; the wait is charged to `usage` as server time, and
+        as a call of its own when no timed method of this model is running (a
+        tokenize costs a round trip here, unlike in process)."""
         t0 = time.perf_counter()
         try:
             return self.pool.call_all(requests, root=root, should_stop=should_stop)
         finally:
-            usage.native_seconds += time.perf_counter() - t0
+            waited = time.perf_counter() - t0
+            usage.native_seconds += waited
+            if usage is self.usage and not getattr(self._timing, "on", False):
+                usage.seconds += waited
+                usage.calls += 1
 
-    def _timed(self, usage: ModelUsage | None) -> AbstractContextManager[None]:
-        return timed(self.usage) if usage is None else nullcontext()
+    @contextmanager
+    def _timed(self, usage: ModelUsage | None = None) -> Iterator[None]:
+        """Time a public call on this model's usage; a caller passing its own
+        `usage` times itself (a reward model's accounts)."""
+        if usage is not None or getattr(self._timing, "on", False):
+            yield
+            return
+        self._timing.on = True
+        try:
+            with timed(self.usage):
+                yield
+        finally:
+            self._timing.on = False
 
     # --- text -----------------------------------------------------------------------
 
@@ -183,15 +201,32 @@ class RemoteModel:
     def render_chat(self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool) -> str:
         """A conversation through the server's chat template. The token ids the
         server made of it are kept, so the text's prompt_tokens are exactly those."""
-        body = {"model": self.served, "messages": list(messages), "add_generation_prompt": add_generation_prompt}
-        [answer] = self._post([("tokenize", body)], self.usage, root=True)
-        tokens = _int_list(answer.get("tokens"), "tokenize", self.urls)
+        [tokens] = self.chat_tokens([messages], add_generation_prompt=add_generation_prompt)
         text = self.detokenize(tokens)
         with self._lock:
             self._prompts[text] = tokens
             while len(self._prompts) > _CACHED_PROMPTS:
                 self._prompts.popitem(last=False)
         return text
+
+    def chat_tokens(
+        self,
+        conversations: Sequence[Sequence[dict[str, str]]],
+        *,
+        add_generation_prompt: bool,
+        usage: ModelUsage | None = None,
+        should_stop: StopFn | None = None,
+    ) -> list[list[int]]:
+        """The token ids of each conversation through the server's chat template."""
+        requests = [
+            (
+                "tokenize",
+                {"model": self.served, "messages": list(messages), "add_generation_prompt": add_generation_prompt},
+            )
+            for messages in conversations
+        ]
+        answers = self.post(requests, usage or self.usage, root=True, should_stop=should_stop)
+        return [_int_list(answer.get("tokens"), "tokenize", self.urls) for answer in answers]
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of a continuation text: no BOS, special tokens parsed."""
@@ -208,7 +243,7 @@ class RemoteModel:
 
     def _tokenize_text(self, text: str, *, add_special: bool) -> list[int]:
         body = {"model": self.served, "prompt": text, "add_special_tokens": add_special}
-        [answer] = self._post([("tokenize", body)], self.usage, root=True)
+        [answer] = self.post([("tokenize", body)], self.usage, root=True)
         return _int_list(answer.get("tokens"), "tokenize", self.urls)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
@@ -217,7 +252,7 @@ class RemoteModel:
             return ""
         if len(ids) == 1 and ids[0] in self._pieces:
             return self._pieces[ids[0]]
-        [answer] = self._post([("detokenize", {"model": self.served, "tokens": ids})], self.usage, root=True)
+        [answer] = self.post([("detokenize", {"model": self.served, "tokens": ids})], self.usage, root=True)
         text = answer.get("prompt")
         if not isinstance(text, str):
             raise ServerError(f"the server at {self.urls[0]} answered detokenize without a text.")
@@ -292,7 +327,7 @@ class RemoteModel:
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
     ) -> list[list[Draft]]:
-        with timed(self.usage):
+        with self._timed():
             checked = [self._check_seq(seq) for seq in seqs]
             if k < 1:
                 raise ValueError(f"k must be at least 1, not {k}")
@@ -323,7 +358,7 @@ class RemoteModel:
                     "return_tokens_as_token_ids": True,
                 }
                 requests.append(("completions", body))
-            answers = self._post(requests, self.usage, should_stop=should_stop)
+            answers = self.post(requests, self.usage, should_stop=should_stop)
             self._read(checked, self.usage)
             results = [self._drafts(seq, answer, k) for seq, answer in zip(checked, answers)]
             self.usage.generated += sum(len(d.tokens) for drafts in results for d in drafts)
@@ -359,7 +394,7 @@ class RemoteModel:
         *,
         should_stop: StopFn | None = None,
     ) -> list[Scored]:
-        with timed(self.usage):
+        with self._timed():
             checked = self._pairs(pairs)
             wanted = [(i, parent, cand) for i, (parent, cand) in enumerate(checked) if cand]
             logprobs: list[list[float]] = [[] for _ in checked]
@@ -391,7 +426,7 @@ class RemoteModel:
         """Each prompt's per-token log-probabilities (index 0, which has none, is 0)."""
         chunks = _spread(list(prompts), len(self.urls))
         body = {"model": self.served, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
-        answers = self._post(
+        answers = self.post(
             [("completions", {**body, "prompt": chunk}) for chunk in chunks], usage, should_stop=should_stop
         )
         rows: list[list[float]] = []
@@ -437,7 +472,7 @@ class RemoteModel:
                 )
                 for prompt in prompts
             ]
-            answers = self._post(requests, charged, should_stop=should_stop)
+            answers = self.post(requests, charged, should_stop=should_stop)
             table = np.full((len(prompts), len(ids)), np.nan)
             for row, answer in enumerate(answers):
                 top = _top_logprobs(_choices(answer, self.urls)[0], self.urls)
