@@ -1,7 +1,8 @@
 """Model files on disk: where each catalog entry is, and fetching missing ones.
 
 Finding a model never touches the network: an entry's `path`, then the models
-directory, then the Hugging Face cache at the entry's revision.
+directory, then the Hugging Face cache at the entry's revision. Asking whether
+to download is the command line's work.
 
 Downloads land in the standard Hugging Face cache (or a chosen directory).
 huggingface_hub 2.4 restarts an interrupted download from zero (every attempt
@@ -27,8 +28,8 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import click
 import httpx2
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import (
@@ -43,12 +44,13 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.file_download import http_get, repo_folder_name
 from huggingface_hub.utils import WeakFileLock, build_hf_headers
-from tqdm.auto import tqdm
 
-from app.config import Catalog, ModelEntry, Preset, models_dir, user_config_path, write_user_overrides
+from app.config import ModelEntry, models_dir, user_config_path
 from app.errors import UserError
-from engines.base import VocabularyMismatch
 from engines.gguf_info import has_gguf_magic
+
+if TYPE_CHECKING:
+    from huggingface_hub.utils.tqdm import tqdm
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 FETCH_SCRIPT = "scripts/fetch-dev-models.sh"
@@ -58,11 +60,8 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # What huggingface_hub raises for a bad id, an HTTP error or no network (its HTTP errors are OSErrors).
 _HUB_ERRORS = (httpx2.HTTPError, OSError, HFValidationError)
 
+# Where progress lines go: the command line passes its stderr writer.
 Echo = Callable[[str], None]
-
-
-def echo_err(message: str) -> None:
-    click.echo(message, err=True)
 
 
 class DownloadError(UserError):
@@ -98,7 +97,7 @@ def offline() -> bool:
 # -- finding models -----------------------------------------------------------
 
 
-def resolve_model(entry: ModelEntry) -> Path | None:
+def find_model(entry: ModelEntry) -> Path | None:
     """The model's file if it is on this machine: path, models dir, HF cache (never the network)."""
     if entry.local_path is not None and entry.local_path.is_file():
         return entry.local_path
@@ -113,17 +112,6 @@ def resolve_model(entry: ModelEntry) -> Path | None:
         if isinstance(cached, str):
             return Path(cached)
     return None
-
-
-def missing_models(preset: Preset | str, catalog: Catalog) -> list[ModelEntry]:
-    """The preset's models that are not on this machine, each once, in role order."""
-    preset = catalog.preset(preset) if isinstance(preset, str) else preset
-    return [catalog.model(name) for name, path in _resolve_preset(preset, catalog).items() if path is None]
-
-
-def _resolve_preset(preset: Preset, catalog: Catalog) -> dict[str, Path | None]:
-    """Each of the preset's models once (a target may also be the judge), in role order."""
-    return {name: resolve_model(catalog.model(name)) for name in dict.fromkeys(preset.roles().values())}
 
 
 def quantisation(filename: str) -> str | None:
@@ -338,7 +326,7 @@ def fetch(
     destination: Destination | None = None,
     sha256: str | None = None,
     tqdm_class: type[tqdm] | None = None,
-    echo: Echo = echo_err,
+    echo: Echo,
 ) -> Path:
     """Download (or resume) one file into `destination` (the HF cache by default), verify it, return its path."""
     destination = destination or Destination()
@@ -430,7 +418,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_problem(path: Path, expected_sha256: str | None, *, name: str, echo: Echo = echo_err) -> str | None:
+def file_problem(path: Path, expected_sha256: str | None, *, name: str, echo: Echo) -> str | None:
     """What is wrong with a model file, if anything: not a GGUF, or not the expected sha256."""
     if not has_gguf_magic(path):
         return "is not a GGUF file"
@@ -443,7 +431,7 @@ def file_problem(path: Path, expected_sha256: str | None, *, name: str, echo: Ec
     return None
 
 
-def verify_local(entry: ModelEntry, path: Path, echo: Echo = echo_err) -> None:
+def verify_local(entry: ModelEntry, path: Path, *, echo: Echo) -> None:
     """Check a model found on disk (magic, pinned sha256); a bad file is taken out of use."""
     problem = file_problem(path, entry.sha256, name=entry.file, echo=echo)
     if problem is None:
@@ -462,29 +450,6 @@ def verify_local(entry: ModelEntry, path: Path, echo: Echo = echo_err) -> None:
     )
 
 
-def remember(name: str, fields: dict[str, object]) -> Path:
-    """Record a model's location or pin in the user catalog (`specs-local models --paths`)."""
-    return write_user_overrides({"models": {name: fields}})
-
-
-# -- presets --------------------------------------------------------------------
-
-
-def check_preset_vocabulary(preset: Preset, paths: dict[str, Path]) -> str | None:
-    """Raise VocabularyMismatch if draft and target cannot pair; a note if it could not be checked."""
-    if "draft" not in paths:
-        return None
-    try:
-        from engines.llama import check_vocab_files
-    except ImportError as exc:
-        return f"The vocabularies of {preset.name}'s draft and target were not compared ({exc})."
-    try:
-        check_vocab_files(paths["draft"], paths["target"])
-    except VocabularyMismatch as exc:
-        raise VocabularyMismatch(f"Preset {preset.name}: {exc}") from None
-    return None
-
-
 @dataclass(frozen=True)
 class Fetched:
     entry: ModelEntry
@@ -496,8 +461,7 @@ def download_models(
     entries: Sequence[ModelEntry],
     *,
     destination: Destination | None = None,
-    tqdm_class: type[tqdm] | None = None,
-    echo: Echo = echo_err,
+    echo: Echo,
 ) -> list[Fetched]:
     """Download Hub models one after the other, after checking that all of them fit on disk."""
     destination = destination or Destination()
@@ -510,64 +474,6 @@ def download_models(
     fetched = []
     for entry, remote in zip(entries, remotes, strict=True):
         echo(f"{entry.name}: {remote.file} ({format_size(remote.size)}) from {remote.repo}")
-        path = fetch(remote, destination=destination, sha256=entry.sha256, tqdm_class=tqdm_class, echo=echo)
+        path = fetch(remote, destination=destination, sha256=entry.sha256, echo=echo)
         fetched.append(Fetched(entry, remote, path))
     return fetched
-
-
-def ensure_models(
-    preset: Preset | str,
-    catalog: Catalog,
-    *,
-    assume_yes: bool,
-    interactive: bool,
-    echo: Echo = echo_err,
-    tqdm_class: type[tqdm] | None = None,
-) -> dict[str, Path]:
-    """The preset's model files by role, downloading missing ones only with consent.
-
-    Without consent (neither `assume_yes` nor a yes at the prompt, which is
-    only shown when `interactive`), raises a UserError that names the missing
-    models and the command that downloads them.
-    """
-    preset = catalog.preset(preset) if isinstance(preset, str) else preset
-    found = _resolve_preset(preset, catalog)
-    missing = [catalog.model(name) for name, path in found.items() if path is None]
-    if missing:
-        _ask_consent(preset, missing, assume_yes=assume_yes, interactive=interactive)
-        for item in download_models(missing, tqdm_class=tqdm_class, echo=echo):
-            found[item.entry.name] = item.path
-    paths = {}
-    for role, name in preset.roles().items():
-        path = found[name]
-        assert path is not None, "every missing model has just been downloaded"
-        paths[role] = path
-    if missing:
-        note = check_preset_vocabulary(preset, paths)
-        if note:
-            echo(note)
-    return paths
-
-
-def _ask_consent(preset: Preset, missing: Sequence[ModelEntry], *, assume_yes: bool, interactive: bool) -> None:
-    never_downloaded = [entry for entry in missing if not entry.repo]
-    if never_downloaded:
-        raise UserError(where_to_put(never_downloaded))
-    command = f"specs-local download {preset.name}"
-    names = ", ".join(m.name for m in missing)
-    if offline():
-        raise UserError(
-            f"Preset {preset.name} needs {names}, which are not downloaded, and HF_HUB_OFFLINE is set;"
-            f" run `{command}` while online."
-        )
-    total = sum(m.size or 0 for m in missing)
-    size = f" (about {format_size(total)})" if total else ""
-    if assume_yes:
-        return
-    if not interactive:
-        raise UserError(
-            f"Preset {preset.name} needs {names}{size}, which are not downloaded; run `{command}`,"
-            " or pass --yes to download them now."
-        )
-    if not click.confirm(f"Preset {preset.name} needs {names}{size}. Download now?", default=True, err=True):
-        raise UserError(f"Nothing was downloaded; run `{command}` when you are ready.")
