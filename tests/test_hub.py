@@ -1,4 +1,4 @@
-"""`specs-local download` and app.hub against a loopback fake Hub, with the real huggingface_hub client."""
+"""`specs-local download`, app.hub and app.transfer against a loopback fake Hub, with the real huggingface_hub client."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from huggingface_hub import file_download, try_to_load_from_cache
 from huggingface_hub.utils.tqdm import tqdm as HfTqdm  # the bar http_get uses by default
 
-from app import hub
+from app import hub, transfer
 from app.cli import main
 from app.commands.common import Consent, ensure_files
 from app.config import dump_toml, load_catalog
@@ -116,8 +116,8 @@ def no_retry_wait(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_connection_cut_mid_file_is_resumed_with_a_range_request(tiny: Tiny, no_retry_wait: None) -> None:
     tiny.hub.cut_next(150_000)
-    remote = hub.remote_file(DRAFT_REPO, DRAFT_FILE)
-    path = hub.fetch(remote, sha256=sha(tiny.draft), echo=lambda _: None)
+    remote = transfer.remote_file(DRAFT_REPO, DRAFT_FILE)
+    path = transfer.fetch(remote, sha256=sha(tiny.draft), echo=lambda _: None)
     gets = tiny.hub.content_requests()
     assert [r.range for r in gets] == [None, f"bytes={2 * CHUNK}-"]  # the two whole chunks before the cut were kept
     assert path.read_bytes() == tiny.draft
@@ -147,26 +147,26 @@ class _InterruptAfterTwoChunks(HfTqdm):
 
 
 def test_ctrl_c_keeps_the_partial_file_and_the_next_fetch_resumes_from_it(tiny: Tiny) -> None:
-    remote = hub.remote_file(DRAFT_REPO, DRAFT_FILE)
+    remote = transfer.remote_file(DRAFT_REPO, DRAFT_FILE)
     notes: list[str] = []
     with pytest.raises(KeyboardInterrupt):
-        hub.fetch(remote, sha256=sha(tiny.draft), tqdm_class=_InterruptAfterTwoChunks, echo=notes.append)
+        transfer.fetch(remote, sha256=sha(tiny.draft), tqdm_class=_InterruptAfterTwoChunks, echo=notes.append)
     [partial] = partials()
     assert partial.read_bytes() == tiny.draft[: 2 * CHUNK]
     assert "run the same command again to resume" in notes[-1]
 
-    path = hub.fetch(remote, sha256=sha(tiny.draft), echo=notes.append)
+    path = transfer.fetch(remote, sha256=sha(tiny.draft), echo=notes.append)
     assert tiny.hub.content_requests()[-1].range == f"bytes={2 * CHUNK}-"
     assert path.read_bytes() == tiny.draft
     assert partials() == []
 
 
 def test_a_server_that_ignores_the_range_gets_a_clean_restart(tiny: Tiny) -> None:
-    remote = hub.remote_file(DRAFT_REPO, DRAFT_FILE)
+    remote = transfer.remote_file(DRAFT_REPO, DRAFT_FILE)
     with pytest.raises(KeyboardInterrupt):
-        hub.fetch(remote, tqdm_class=_InterruptAfterTwoChunks, echo=lambda _: None)
+        transfer.fetch(remote, tqdm_class=_InterruptAfterTwoChunks, echo=lambda _: None)
     tiny.hub.ignore_ranges = True
-    path = hub.fetch(remote, sha256=sha(tiny.draft), echo=lambda _: None)
+    path = transfer.fetch(remote, sha256=sha(tiny.draft), echo=lambda _: None)
     assert tiny.hub.content_requests()[-1].range == f"bytes={2 * CHUNK}-"  # asked, answered with 200
     assert path.read_bytes() == tiny.draft  # the kept prefix was not doubled
 
@@ -282,11 +282,11 @@ def test_download_replaces_a_damaged_cached_file(tiny: Tiny, capsys) -> None:
 
 
 def test_fetch_replaces_a_damaged_blob(tiny: Tiny) -> None:
-    remote = hub.remote_file(DRAFT_REPO, DRAFT_FILE)
-    path = hub.fetch(remote, echo=lambda _: None)
+    remote = transfer.remote_file(DRAFT_REPO, DRAFT_FILE)
+    path = transfer.fetch(remote, echo=lambda _: None)
     path.resolve().write_bytes(tiny.draft[::-1])
     notes: list[str] = []
-    assert hub.fetch(remote, echo=notes.append).read_bytes() == tiny.draft
+    assert transfer.fetch(remote, echo=notes.append).read_bytes() == tiny.draft
     assert any("is not a GGUF file; downloading it again" in note for note in notes)
     assert len(tiny.hub.content_requests()) == 2
 

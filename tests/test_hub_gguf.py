@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from app import hub
+from app import hub, transfer
 from app.config import ModelEntry, dump_toml, load_catalog
 from app.presets import resolve_preset
 from engines.base import ModelLoadError
@@ -104,7 +104,7 @@ def test_resolution_order_is_path_then_models_dir_then_cache(
     fake_hub.add_repo("org/m-GGUF", {"m.gguf": data})
     entry = ModelEntry(name="m", repo="org/m-GGUF", file="m.gguf")
     assert hub.find_model(entry) is None
-    in_cache = hub.fetch(hub.remote_file("org/m-GGUF", "m.gguf"), echo=lambda _: None)
+    in_cache = transfer.fetch(transfer.remote_file("org/m-GGUF", "m.gguf"), echo=lambda _: None)
     assert hub.find_model(entry) == in_cache
     in_models_dir = hub_env / "models" / "m.gguf"
     in_models_dir.parent.mkdir()

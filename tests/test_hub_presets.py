@@ -112,9 +112,9 @@ def test_runtime_refuses_a_preset_whose_files_are_not_here(catalog_file: Path) -
 
 
 def test_finding_transferring_and_running_leave_the_questions_to_the_command_line() -> None:
-    """app.hub, app.presets and app.runtime never import click:
+    """app.hub, app.transfer, app.presets and app.runtime never import click:
     consent prompts and where messages go belong to app/commands."""
-    code = "import sys\nimport app.hub, app.presets, app.runtime\nprint('click' in sys.modules)\n"
+    code = "import sys\nimport app.hub, app.transfer, app.presets, app.runtime\nprint('click' in sys.modules)\n"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"

@@ -19,11 +19,12 @@ from pydantic import ValidationError
 
 from app.config import ModelEntry
 from app.errors import UserError
-from app.hub import Echo, download_models, format_size, offline, where_to_put
+from app.hub import Echo, format_size, offline, where_to_put
 from app.presets import ResolvedPreset, check_vocabulary
 from app.runtime import open_engines
 from app.search.settings import METHODS, SearchSettings
 from app.search.types import Engines
+from app.transfer import download_models
 
 F = TypeVar("F", bound=Callable[..., Any])
 

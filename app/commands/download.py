@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from app import hub
+from app import hub, transfer
 from app.commands.common import echo_err
 from app.config import Catalog, ModelEntry, load_catalog, write_user_overrides
 from app.errors import UserError
@@ -77,13 +77,13 @@ def command(
     """
     catalog = load_catalog()
     request = _request(catalog, targets, file_pattern, revision, name)
-    destination = hub.Destination(local_dir.expanduser().resolve() if local_dir else None)
+    destination = transfer.Destination(local_dir.expanduser().resolve() if local_dir else None)
     if dry_run:
         _show_plan(request, destination)
         return
 
     paths, to_download, never_downloaded = _sort_out(request.entries, destination)
-    for item in hub.download_models(to_download, destination=destination, echo=echo_err):
+    for item in transfer.download_models(to_download, destination=destination, echo=echo_err):
         paths[item.entry.name] = item.path
         _record(catalog, item, destination, request.new_model)
     for entry in request.entries:
@@ -96,7 +96,7 @@ def command(
 
 
 def _sort_out(
-    entries: list[ModelEntry], destination: hub.Destination
+    entries: list[ModelEntry], destination: transfer.Destination
 ) -> tuple[dict[str, Path], list[ModelEntry], list[ModelEntry]]:
     """Models already here (verified), models to download, and models that are never downloaded."""
     paths: dict[str, Path] = {}
@@ -143,7 +143,7 @@ def _request(
                 "--file goes with exactly one REPO_ID, e.g. bartowski/Qwen2.5-Math-7B-Instruct-GGUF."
             )
         repo = targets[0]
-        file = hub.match_repo_file(repo, file_pattern, revision or "main")
+        file = transfer.match_repo_file(repo, file_pattern, revision or "main")
         entry, request.new_model = _repo_entry(catalog, repo, file, revision, name)
         request.add(entry)
         return request
@@ -188,14 +188,14 @@ def _repo_entry(
     return ModelEntry(name=name, repo=repo, file=file, revision=revision or "main"), True
 
 
-def _present(entry: ModelEntry, destination: hub.Destination) -> Path | None:
+def _present(entry: ModelEntry, destination: transfer.Destination) -> Path | None:
     if destination.local_dir is not None and entry.repo:
         path = destination.local_dir / entry.file
         return path if path.is_file() else None
     return hub.find_model(entry)
 
 
-def _record(catalog: Catalog, item: hub.Fetched, destination: hub.Destination, new_model: bool) -> None:
+def _record(catalog: Catalog, item: transfer.Fetched, destination: transfer.Destination, new_model: bool) -> None:
     """Write to the user catalog what solve needs to find this download again."""
     entry, remote = item.entry, item.remote
     fields: dict[str, object] = {}
@@ -221,7 +221,7 @@ def _record(catalog: Catalog, item: hub.Fetched, destination: hub.Destination, n
         click.echo(f"{entry.name}: {what} in {written}", err=True)
 
 
-def _show_plan(request: Request, destination: hub.Destination) -> None:
+def _show_plan(request: Request, destination: transfer.Destination) -> None:
     total = 0
     for entry in request.entries:
         path = _present(entry, destination)
@@ -234,7 +234,7 @@ def _show_plan(request: Request, destination: hub.Destination) -> None:
             click.echo(f"{entry.name}: not downloaded, about {size} (offline: the size models.toml gives)")
             total += entry.size or 0
         else:
-            remote = hub.remote_file(entry.repo, entry.file, entry.revision)
+            remote = transfer.remote_file(entry.repo, entry.file, entry.revision)
             partial = destination.partial_bytes(remote)
             resumed = f", {hub.format_size(partial)} already here" if partial else ""
             click.echo(
@@ -243,5 +243,5 @@ def _show_plan(request: Request, destination: hub.Destination) -> None:
             )
             total += destination.needed_bytes(remote)
     directory = destination.directory()
-    free = hub.free_bytes(directory)
+    free = transfer.free_bytes(directory)
     click.echo(f"to download: {hub.format_size(total)}; {hub.format_size(free)} free in {directory}")
