@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.search.answer import Completion, last_boxed, normalize, pick_best, pick_by_vote, select
+from app.eval.grading import normalised_equal
+from app.search.answer import Completion, answer_key, last_boxed, normalize, pick_best, pick_by_vote, select
 from app.search.settings import SearchSettings
 
 
@@ -45,6 +46,26 @@ def test_last_boxed(text: str, answer: str | None) -> None:
 )
 def test_normalize(raw: str, canonical: str) -> None:
     assert normalize(raw) == canonical
+
+
+@pytest.mark.parametrize(
+    "spellings",
+    [
+        ("0.5", "\\frac12", "1/2", "\\dfrac{1}{2}", "$0.50$"),
+        ("1000", "1,000", "1{,}000", "\\$1,000", "1000 dollars"),
+        ("(C)", "C", "\\text{(C)}"),
+        ("y = 2x + 3", "2x+3"),
+    ],
+)
+def test_votes_count_together_what_grading_calls_equal(spellings: tuple[str, ...]) -> None:
+    assert len({answer_key(s) for s in spellings}) == 1
+    assert all(normalised_equal(s, spellings[0]) for s in spellings)
+    assert not normalised_equal(spellings[0], "7") and answer_key(spellings[0]) != answer_key("7")
+
+
+def test_a_vote_counts_spellings_of_one_value_together() -> None:
+    pool = [completion("a", "0.5", 1.0, 0.3), completion("b", "\\frac12", 2.0, 0.3), completion("c", "2", 9.0, 0.5)]
+    assert pick_by_vote(pool).id == "b"  # 1/2 wins 0.6 to 0.5; its best member
 
 
 def completion(cid: str, answer: str | None, score: float, reward: float) -> Completion:
