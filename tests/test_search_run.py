@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,7 @@ from app.search.events import (
     Event,
     Finished,
     SearchStarted,
+    Stats,
     StepAccepted,
     StepStarted,
     SwitchedToDraft,
@@ -163,6 +166,17 @@ def test_stats_count_only_this_search() -> None:
     second, _, _ = solve("specs", engines=engines)
     assert second.stats.models["draft"].generated == first.stats.models["draft"].generated
     assert engines.draft is not None and engines.draft.usage.generated == 2 * first.stats.models["draft"].generated
+
+
+def test_stats_become_json_in_one_shape() -> None:
+    stats = Stats(wall_seconds=2.0, steps=4, draft_steps=3)
+    record = dataclasses.asdict(stats)
+    assert stats.to_json(derived=False) == record
+    assert stats.to_json() == {**record, "acceptance_rate": 0.75, "overhead_seconds": 2.0}
+    assert list(stats.to_json()) == [
+        "wall_seconds", "models", "steps", "draft_steps", "target_steps", "drafts_proposed",
+        "deferrals", "switches", "completed", "acceptance_rate", "overhead_seconds",
+    ]  # fmt: skip
 
 
 def test_event_timings_come_from_the_clock() -> None:

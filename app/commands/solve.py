@@ -6,7 +6,6 @@ import json
 import signal
 import sys
 import threading
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +133,7 @@ class StopOnInterrupt:
 
 
 def result_json(finished: Finished, steps: list[dict[str, Any]], method: str, preset: str) -> str:
-    stats = asdict(finished.stats)
-    stats["acceptance_rate"] = finished.stats.acceptance_rate
-    stats["overhead_seconds"] = finished.stats.overhead_seconds
+    stats = finished.stats.to_json()
     return json.dumps(
         {
             "answer": finished.answer,

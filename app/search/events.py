@@ -12,8 +12,8 @@ the tree of steps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 Origin = Literal["draft", "target"]
 Fate = Literal["accepted", "rejected", "pruned", "completed", "duplicate"]
@@ -39,6 +39,16 @@ class Stats:
     deferrals: int = 0
     switches: int = 0  # returns from the target to the draft
     completed: int = 0  # completed candidates collected
+
+    def to_json(self, *, derived: bool = True) -> dict[str, Any]:
+        """The record as JSON values, the one shape `solve --json`, bench rows and
+        traces read: its fields, then acceptance_rate and overhead_seconds unless
+        `derived` is False (traces keep only what cannot be recomputed)."""
+        data = asdict(self)
+        if derived:
+            data["acceptance_rate"] = self.acceptance_rate
+            data["overhead_seconds"] = self.overhead_seconds
+        return data
 
     @property
     def acceptance_rate(self) -> float:

@@ -11,7 +11,7 @@ from typing import IO
 
 from pydantic import TypeAdapter
 
-from .events import EVENT_TYPES, Event
+from .events import EVENT_TYPES, Event, Finished
 
 
 class TraceError(ValueError):
@@ -19,7 +19,10 @@ class TraceError(ValueError):
 
 
 def event_to_json(event: Event) -> str:
-    return json.dumps({"event": type(event).__name__, **asdict(event)}, ensure_ascii=False)
+    data = asdict(event)
+    if isinstance(event, Finished):
+        data["stats"] = event.stats.to_json(derived=False)
+    return json.dumps({"event": type(event).__name__, **data}, ensure_ascii=False)
 
 
 @cache
