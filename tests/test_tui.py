@@ -183,7 +183,7 @@ async def test_solve_shows_every_candidate_its_fate_and_the_answer(tmp_path: Pat
         )
 
         chart = app.query_one(RewardChart)
-        assert (chart.thresholds.reward, chart.thresholds.score) == (SETTINGS.tau_switch, SETTINGS.tau_accept)
+        assert (chart.thresholds.reward, chart.thresholds.tilted) == (SETTINGS.tau_switch, SETTINGS.tau_accept)
         accepted = {e.step: e.reward for e in expected if isinstance(e, StepAccepted)}
         assert {step: row.chosen_reward for step, row in chart.steps.items() if step in accepted} == accepted
         last = max(chart.steps)

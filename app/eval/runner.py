@@ -31,6 +31,7 @@ from app.eval.datasets import Problem
 from app.eval.grading import grade_answer
 from app.search.answer import last_boxed
 from app.search.events import Event, Finished
+from app.search.methods import needs_draft
 from app.search.settings import METHODS, SearchSettings
 from app.search.types import Engines
 from engines.base import Cancelled
@@ -42,7 +43,6 @@ CONFIG = "config.json"
 CONFIG_VERSION = 1
 # The parts of config.json that change what a result line means.
 IDENTITY_KEYS = ("dataset", "preset", "models", "settings", "runtime")
-DRAFT_METHODS = frozenset({"specs", "rsd", "beam-draft"})
 # The statistics a result line keeps (Stats.to_json), in its order; "acceptance" follows them.
 ROW_STATS = (
     "wall_seconds",
@@ -81,7 +81,7 @@ def parse_methods(text: str) -> list[Arm]:
 
 
 def check_draft(arms: Sequence[Arm], has_draft: bool, preset: str = "the engines") -> None:
-    needing = [a.method for a in arms if a.method in DRAFT_METHODS]
+    needing = [a.method for a in arms if needs_draft(a.method)]
     if needing and not has_draft:
         raise UserError(
             f"{needing[0]} needs a draft model and {preset} has none; choose a preset with a draft or drop {needing[0]}."

@@ -23,6 +23,7 @@ from app.search.events import (
     Origin,
     SearchStarted,
     Stats,
+    Threshold,
 )
 from app.search.prefix import Prefix
 from app.search.settings import SYSTEM_PROMPT, SearchSettings
@@ -60,6 +61,8 @@ class SearchContext:
     sink: Callable[[Event], None]
     should_stop: StopFn | None
     clock: Clock
+    # The method's thresholds at this run's settings (registry, SearchStarted).
+    thresholds: tuple[Threshold, ...] = ()
     rng: random.Random = field(init=False)
     counters: Counters = field(default_factory=Counters)
     completed: list[Completion] = field(default_factory=list)
@@ -143,6 +146,7 @@ class SearchContext:
             question=self.question,
             settings=self.settings.model_dump(),
             models=names,
+            thresholds=self.thresholds,
         )
 
     # -- sampling ------------------------------------------------------------------

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 Origin = Literal["draft", "target"]
 Fate = Literal["accepted", "rejected", "pruned", "completed", "duplicate"]
+# The number a threshold is compared with.
+Bound = Literal["tilted", "reward"]
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,23 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Threshold:
+    """A threshold a run decides by, as readers show it."""
+
+    name: str  # the setting, e.g. "tau_accept"
+    symbol: str  # how it is written, e.g. "τ_accept"
+    value: float
+    bounds: Bound  # the number it is compared with
+
+
+@dataclass(frozen=True)
 class SearchStarted(Event):
     method: str
     question: str
     settings: dict[str, object]
     models: dict[str, str]  # role -> model name
+    # The thresholds this method decides by (readers mark them on their axes).
+    thresholds: tuple[Threshold, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -209,7 +223,4 @@ AnyEvent = (
     | Finished
 )
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls
-    for cls in AnyEvent.__args__  # type: ignore[attr-defined]
-}
+EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in AnyEvent.__args__}

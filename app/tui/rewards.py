@@ -1,8 +1,10 @@
 """Reward (and tilted score) per step: the chosen candidate against the spread.
 
-One line per step. The reward track runs from 0 to 1 with tau_switch marked;
-for SPECS a second track shows the tilted scores with tau_accept marked. The
-dim bar spans the step's candidates (min to max), the dot is the one chosen.
+One line per step. The reward track runs from 0 to 1 with the run's reward
+threshold marked (SPECS's tau_switch, RSD's delta); for a method that tilts
+(SPECS) a second track shows the tilted scores with the threshold on them
+(tau_accept) marked. The dim bar spans the step's candidates (min to max),
+the dot is the one chosen.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from app.search.events import (
     Origin,
     SearchStarted,
     StepAccepted,
+    Threshold,
 )
 
 ORIGIN_STYLE = {"draft": "bold cyan", "target": "bold magenta"}
@@ -35,21 +38,22 @@ class StepRewards:
 
 @dataclass(frozen=True)
 class Thresholds:
-    reward: float | None = None  # tau_switch (SPECS) or delta (RSD), on the reward
-    score: float | None = None  # tau_accept (SPECS), on the tilted score
+    reward: float | None = None  # on the reward: tau_switch (SPECS) or delta (RSD)
+    tilted: float | None = None  # on the tilted score: tau_accept (SPECS)
     reward_name: str = "τ_switch"
+    tilted_name: str = "τ_accept"
 
 
-def thresholds_for(method: str, settings: dict[str, object]) -> Thresholds:
-    def number(key: str) -> float | None:
-        value = settings.get(key)
-        return float(value) if isinstance(value, (int, float)) else None
-
-    if method == "specs":
-        return Thresholds(number("tau_switch"), number("tau_accept"))
-    if method == "rsd":
-        return Thresholds(number("rsd_delta"), None, "δ")
-    return Thresholds()
+def chart_thresholds(thresholds: tuple[Threshold, ...]) -> Thresholds:
+    """The first threshold on each track, from a run's SearchStarted."""
+    on_reward = next((t for t in thresholds if t.bounds == "reward"), None)
+    on_tilted = next((t for t in thresholds if t.bounds == "tilted"), None)
+    return Thresholds(
+        reward=on_reward.value if on_reward else None,
+        tilted=on_tilted.value if on_tilted else None,
+        reward_name=on_reward.symbol if on_reward else Thresholds.reward_name,
+        tilted_name=on_tilted.symbol if on_tilted else Thresholds.tilted_name,
+    )
 
 
 def track(
@@ -101,7 +105,7 @@ class RewardChart(Widget):
         if isinstance(event, SearchStarted):
             self.steps = {}
             self._scored = {}
-            self.thresholds = thresholds_for(event.method, event.settings)
+            self.thresholds = chart_thresholds(event.thresholds)
         elif isinstance(event, CandidatesScored):
             row = self.steps.setdefault(event.step, StepRewards())
             row.rewards += [s.reward for s in event.scores]
@@ -122,8 +126,8 @@ class RewardChart(Widget):
 
     def _score_range(self) -> tuple[float, float]:
         values = [s for row in self.steps.values() for s in row.scores]
-        if self.thresholds.score is not None:
-            values.append(self.thresholds.score)
+        if self.thresholds.tilted is not None:
+            values.append(self.thresholds.tilted)
         if not values:
             return 0.0, 1.0
         lo, hi = min(values), max(values)
@@ -132,7 +136,7 @@ class RewardChart(Widget):
 
     def render(self) -> Text:
         width = self.size.width
-        show_scores = self.thresholds.score is not None and width >= 44
+        show_scores = self.thresholds.tilted is not None and width >= 44
         # "  3 D " + track + " 0.82" [+ "  " + track + " 12.34"]
         fixed = 6 + 5 + (9 if show_scores else 0)
         room = max(width - fixed, 4)
@@ -155,12 +159,12 @@ class RewardChart(Widget):
             line.append(f" {row.chosen_reward:4.2f}" if row.chosen_reward is not None else "    ·")
             if show_scores:
                 line.append("  ")
-                line.append_text(track(score_width, lo, hi, row.scores, row.chosen_score, t.score, style))
+                line.append_text(track(score_width, lo, hi, row.scores, row.chosen_score, t.tilted, style))
                 line.append(f" {row.chosen_score:6.2f}" if row.chosen_score is not None else "      ·")
             lines.append(line)
         if t.reward is not None:
             lines.append(Text(f"┊ {t.reward_name} {t.reward:.2f} (reward)", style="yellow"))
         if show_scores:
-            lines.append(Text(f"┊ τ_accept {t.score:.2f} (tilted score)", style="yellow"))
+            lines.append(Text(f"┊ {t.tilted_name} {t.tilted:.2f} (tilted score)", style="yellow"))
         lines.append(Text("● chosen  ━ candidates min–max", style="dim"))
         return Text("\n").join(lines)
