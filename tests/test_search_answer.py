@@ -68,11 +68,11 @@ def test_a_vote_counts_spellings_of_one_value_together() -> None:
     assert pick_by_vote(pool).id == "b"  # 1/2 wins 0.6 to 0.5; its best member
 
 
-def completion(cid: str, answer: str | None, score: float, reward: float) -> Completion:
-    return Completion(id=cid, solution=f"... \\boxed{{{answer}}}", answer=answer, score=score, reward=reward)
+def completion(cid: str, answer: str | None, tilted: float, reward: float) -> Completion:
+    return Completion(id=cid, solution=f"... \\boxed{{{answer}}}", answer=answer, reward=reward, tilted=tilted)
 
 
-def test_best_is_the_highest_score_first_on_ties() -> None:
+def test_best_is_the_highest_merit_first_on_ties() -> None:
     pool = [completion("a", "1", 2.0, 0.1), completion("b", "2", 5.0, 0.2), completion("c", "3", 5.0, 0.9)]
     assert pick_best(pool).id == "b"
 
@@ -89,7 +89,7 @@ def test_vote_sums_rewards_per_normalised_answer() -> None:
     assert pick_best(pool).id == "d"
 
 
-def test_vote_without_any_answer_falls_back_to_the_best_score() -> None:
+def test_vote_without_any_answer_falls_back_to_the_best_merit() -> None:
     pool = [completion("a", None, 1.0, 0.9), completion("b", None, 2.0, 0.1)]
     assert pick_by_vote(pool).id == "b"
 

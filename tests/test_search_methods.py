@@ -6,10 +6,12 @@ import typing
 
 import pytest
 
-from app.search import run
-from app.search.events import Event, SearchStarted
-from app.search.methods import REGISTRY, draftless_methods, method_spec, needs_draft
+from app.search import methods, run
+from app.search.context import SearchContext
+from app.search.events import Event, SearchStarted, StepAccepted
+from app.search.methods import REGISTRY, MethodSpec, draftless_methods, method_spec, needs_draft
 from app.search.settings import SearchSettings
+from app.search.steps import Step
 from engines.scripted import ARITHMETIC_QUESTION, scripted_engines
 
 
@@ -53,3 +55,31 @@ def test_search_started_carries_the_thresholds_at_the_run_settings(method: str) 
         "rsd": {"rsd_delta": (0.6, "reward")},
     }
     assert values == expected.get(method, {})
+
+
+def _draft_then_keep(ctx: SearchContext) -> None:
+    """A method written for this test: the draft's first candidate, judged, always kept."""
+    beams = [ctx.start(("draft",))]
+    for number in range(ctx.settings.max_steps):
+        step = Step.begin(ctx, number, "draft", beams)
+        drafts = step.draw(1, temperature=0.0)
+        step.reward(drafts)
+        beams = step.keep(step.collect(drafts))
+        if not beams:
+            return
+
+
+def test_a_new_method_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.search import settings
+
+    spec = MethodSpec("draft-keep", _draft_then_keep, "The draft's first candidate, always kept.", needs_draft=True)
+    monkeypatch.setitem(methods.REGISTRY, spec.name, spec)
+    assert "draft-keep" in settings.METHODS
+    engines = scripted_engines()
+    events: list[Event] = []
+    finished = run("draft-keep", ARITHMETIC_QUESTION, engines, SearchSettings(), emit=events.append)
+    accepted = [e for e in events if isinstance(e, StepAccepted)]
+    assert accepted and all(e.origin == "draft" and e.reward is not None for e in accepted)
+    assert finished.stats.draft_steps == finished.stats.steps and engines.live == 0
+    with pytest.raises(ValueError, match="draft-keep needs a draft model"):
+        run("draft-keep", ARITHMETIC_QUESTION, scripted_engines(draft=None), SearchSettings())

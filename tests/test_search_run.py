@@ -276,4 +276,4 @@ def test_numpy_numbers_from_engines_become_plain_floats() -> None:
     engines.reward.score = lambda queries, **kw: [np.float64(r) for r in plain_score(queries, **kw)]  # type: ignore[method-assign]
     _, events, _ = solve("specs", engines=engines)
     scores = [s for e in of(events, CandidatesScored) for s in e.scores]
-    assert scores and all(type(s.reward) is float and type(s.score) is float for s in scores)
+    assert scores and all(type(s.reward) is float and type(s.tilted) is float for s in scores)

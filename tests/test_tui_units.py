@@ -23,7 +23,7 @@ from app.search.events import (
     StepStarted,
     SwitchedToDraft,
 )
-from app.search.methods import REGISTRY
+from app.search.methods import REGISTRY, RSD_DELTA, TAU_ACCEPT, TAU_SWITCH
 from app.search.trace import write_trace
 from app.tui.beam_view import CandidateRow, candidate_label
 from app.tui.deferrals import deferral_line
@@ -138,10 +138,11 @@ def test_stacked_bar_fills_the_width_in_proportion() -> None:
 
 
 def test_deferral_lines_give_the_comparison() -> None:
-    deferred = Deferred(t=0, step=3, reason="", best_score=5.31, threshold=7.0)
-    switched = SwitchedToDraft(t=0, step=4, reward=0.84, threshold=0.7)
+    deferred = Deferred(t=0, step=3, best=5.31, threshold=TAU_ACCEPT.at(7.0), drafts=4, doubted=0)
+    by_reward = Deferred(t=0, step=3, best=5.31, threshold=RSD_DELTA.at(7.0), drafts=1, doubted=0)
+    switched = SwitchedToDraft(t=0, step=4, reward=0.84, threshold=TAU_SWITCH.at(0.7))
     assert deferral_line(deferred).plain == "  3 → target  best score 5.31 < τ_accept 7.00"
-    assert deferral_line(deferred, "rsd").plain == "  3 → target  best reward 5.31 < δ 7.00"
+    assert deferral_line(by_reward).plain == "  3 → target  best reward 5.31 < δ 7.00"
     assert deferral_line(switched).plain == "  4 → draft   reward 0.84 ≥ τ_switch 0.70"
 
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from app.config import load_catalog
 from app.errors import UserError
-from app.render import unboxed_answer
+from app.render import deferral_reason, switch_reason, unboxed_answer
 from app.search.events import Deferred, Event, Finished, StepAccepted, SwitchedToDraft
 from app.search.settings import METHODS, SearchSettings
 
@@ -88,7 +88,7 @@ class StepPrinter:
                     "origin": event.origin,
                     "text": event.text,
                     "reward": event.reward,
-                    "score": event.score,
+                    "score": event.merit,
                 }
             )
             if not self.quiet:
@@ -97,12 +97,9 @@ class StepPrinter:
                 head = click.style(f"[{event.step:>2} {event.origin:<6} r={reward}]", fg=colour)
                 click.echo(f"{head} {event.text.strip()}")
         elif isinstance(event, Deferred) and not self.quiet:
-            click.secho(f"     deferred to the target: {event.reason}", dim=True)
+            click.secho(f"     deferred to the target: {deferral_reason(event)}", dim=True)
         elif isinstance(event, SwitchedToDraft) and not self.quiet:
-            click.secho(
-                f"     back to the draft: reward {event.reward:.2f} > tau_switch {event.threshold:.2f}",
-                dim=True,
-            )
+            click.secho(f"     back to the draft: {switch_reason(event)}", dim=True)
 
 
 class StopOnInterrupt:

@@ -9,11 +9,13 @@ against a reference belongs to app/eval.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+from app.search.events import merit
 from app.search.settings import SearchSettings
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
@@ -123,30 +125,36 @@ def answer_key(answer: str) -> str:
 
 @dataclass(frozen=True)
 class Completion:
-    """A finished solution a search collected."""
+    """A finished solution a search collected, with the numbers of its last step."""
 
     id: str
     solution: str
     answer: str | None
-    score: float
-    reward: float
+    reward: float | None = None  # None: not judged
+    tilted: float | None = None
+    logprob: float | None = None
+
+    @property
+    def merit(self) -> float:
+        value = merit(self.tilted, self.reward, self.logprob)
+        return -math.inf if value is None else value
 
 
 def pick_best(completions: Sequence[Completion]) -> Completion:
-    """The completion with the highest score (the first one on ties)."""
-    return max(completions, key=lambda c: c.score)
+    """The completion with the highest merit (the first one on ties)."""
+    return max(completions, key=lambda c: c.merit)
 
 
 def pick_by_vote(completions: Sequence[Completion]) -> Completion:
-    """Reward-weighted vote over answers (by `answer_key`); the best-scoring member of the winning answer.
+    """Reward-weighted vote over answers (by `answer_key`); the best member of the winning answer.
 
-    Solutions without an answer do not vote; if none has one, the best by score wins.
+    Solutions without an answer do not vote; if none has one, the best by merit wins.
     """
     weights: dict[str, float] = {}
     for completion in completions:
         if completion.answer is not None:
             key = answer_key(completion.answer)
-            weights[key] = weights.get(key, 0.0) + completion.reward
+            weights[key] = weights.get(key, 0.0) + (completion.reward or 0.0)
     if not weights:
         return pick_best(completions)
     winner = max(weights, key=lambda key: weights[key])

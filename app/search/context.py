@@ -149,6 +149,9 @@ class SearchContext:
             thresholds=self.thresholds,
         )
 
+    def threshold(self, name: str) -> Threshold:
+        return next(t for t in self.thresholds if t.name == name)
+
     # -- sampling ------------------------------------------------------------------
 
     def is_last(self, step: int) -> bool:
@@ -183,8 +186,10 @@ class SearchContext:
             id=completion.id,
             solution=completion.solution,
             answer=completion.answer,
-            score=completion.score,
             reason=reason,
+            reward=completion.reward,
+            tilted=completion.tilted,
+            logprob=completion.logprob,
         )
 
     def stats(self) -> Stats:
@@ -221,7 +226,7 @@ class SearchContext:
             chosen = select(self.completed, self.settings, vote=vote)
             solution, answer = chosen.solution, chosen.answer
         else:
-            best = max(self.beams, key=lambda p: p.score, default=None)
+            best = max(self.beams, key=lambda p: p.merit, default=None)
             solution = best.text if best is not None else ""
             answer = last_boxed(solution)
         return self.emit(

@@ -52,7 +52,7 @@ class SearchSettings(BaseModel):
     first_step_target: bool = True
     max_steps: int = Field(30, ge=1, le=500)
     max_step_tokens: int = Field(512, ge=1, le=32768)
-    # Final answer: the best completed candidate by score, or a reward-weighted
+    # Final answer: the best completed candidate by merit, or a reward-weighted
     # vote over the answers of completed candidates.
     answer_selection: Literal["best", "vote"] = "best"
     seed: int = 0

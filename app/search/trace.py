@@ -8,6 +8,7 @@ the method from the first line).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from functools import cache
@@ -17,7 +18,7 @@ from typing import IO, Any
 from pydantic import TypeAdapter
 
 from .events import EVENT_TYPES, Event, Finished
-from .methods import REGISTRY
+from .methods import REGISTRY, THRESHOLDS
 
 
 class TraceError(ValueError):
@@ -48,18 +49,68 @@ def _event(data: dict[str, Any]) -> Event:
     return _adapter(name).validate_python(data)
 
 
+# What the sentence of an old Deferred said about the arithmetic check.
+_DOUBTED = re.compile(r"the target doubted a result in (\d+) of (\d+) \(p = ([^)]+)\)")
+# Old traces: the threshold each method deferred by, and SPECS's return to the draft.
+_OLD_DEFERRAL_THRESHOLD = {"specs": "tau_accept", "rsd": "rsd_delta"}
+_OLD_SWITCH_THRESHOLD = "tau_switch"
+# Old traces: the methods whose `score` was the tilted score.
+_OLD_TILTING = {"specs"}
+
+
 class _Upgrade:
     """Rewrites lines of traces written before the method registry into today's fields.
 
-    Those traces had no thresholds in SearchStarted: they come from the
-    registry and the run's settings.
+    Those traces had no thresholds in SearchStarted (they come from the
+    registry and the run's settings), one `score` where today there are three
+    numbers (SPECS scored by the tilted score; the other methods by the
+    reward of a judged candidate and by the log-probability of any other),
+    a sentence in Deferred where today there are numbers, and bare numbers
+    for thresholds.
     """
 
+    def __init__(self) -> None:
+        self.method = ""
+        self.settings: dict[str, Any] = {}
+        self.rewards: dict[str, float] = {}  # candidate id -> reward, of the judged ones
+
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        if data.get("event") == "SearchStarted" and "thresholds" not in data:
-            spec = REGISTRY.get(data.get("method", ""))
-            data["thresholds"] = [asdict(t) for t in spec.thresholds_in(data.get("settings", {}))] if spec else []
+        name = data.get("event")
+        if name == "SearchStarted":
+            self.method, self.settings, self.rewards = data.get("method", ""), data.get("settings", {}), {}
+            if "thresholds" not in data:
+                spec = REGISTRY.get(self.method)
+                data["thresholds"] = [asdict(t) for t in spec.thresholds_in(self.settings)] if spec else []
+        elif name == "CandidatesScored":
+            for score in data.get("scores", []):
+                self.rewards[score["id"]] = score["reward"]
+                if "score" in score:
+                    old = score.pop("score")
+                    if self.method in _OLD_TILTING:
+                        score["tilted"] = old
+        elif name in ("StepAccepted", "CandidateCompleted") and "score" in data:
+            old = data.pop("score")
+            data.setdefault("reward", self.rewards.get(data.get("id", "")))
+            if self.method in _OLD_TILTING:
+                data["tilted"] = old
+            elif data["reward"] is None:
+                data["logprob"] = old
+        elif name == "Deferred" and "best_score" in data:
+            data["best"] = data.pop("best_score")
+            data["threshold"] = self._threshold(_OLD_DEFERRAL_THRESHOLD.get(self.method, ""), data["threshold"])
+            doubted = _DOUBTED.search(data.pop("reason", ""))
+            data["doubted"] = int(doubted.group(1)) if doubted else 0
+            data["drafts"] = int(doubted.group(2)) if doubted else 0
+            data["lowest_result_prob"] = float(doubted.group(3)) if doubted else None
+        elif name == "SwitchedToDraft" and isinstance(data.get("threshold"), (int, float)):
+            data["threshold"] = self._threshold(_OLD_SWITCH_THRESHOLD, data["threshold"])
         return data
+
+    def _threshold(self, setting: str, value: float) -> dict[str, Any]:
+        spec = THRESHOLDS.get(setting)
+        if spec is None:  # a method this version does not know
+            return {"name": setting, "symbol": setting, "value": value, "bounds": "reward"}
+        return asdict(spec.at(value))
 
 
 class TraceWriter:
