@@ -23,6 +23,7 @@ from app.search.events import (
     Origin,
     SearchStarted,
     Stats,
+    Threshold,
 )
 from app.search.prefix import Prefix
 from app.search.settings import SYSTEM_PROMPT, SearchSettings
@@ -60,6 +61,8 @@ class SearchContext:
     sink: Callable[[Event], None]
     should_stop: StopFn | None
     clock: Clock
+    # The method's thresholds at this run's settings (registry, SearchStarted).
+    thresholds: tuple[Threshold, ...] = ()
     rng: random.Random = field(init=False)
     counters: Counters = field(default_factory=Counters)
     completed: list[Completion] = field(default_factory=list)
@@ -143,7 +146,11 @@ class SearchContext:
             question=self.question,
             settings=self.settings.model_dump(),
             models=names,
+            thresholds=self.thresholds,
         )
+
+    def threshold(self, name: str) -> Threshold:
+        return next(t for t in self.thresholds if t.name == name)
 
     # -- sampling ------------------------------------------------------------------
 
@@ -179,8 +186,10 @@ class SearchContext:
             id=completion.id,
             solution=completion.solution,
             answer=completion.answer,
-            score=completion.score,
             reason=reason,
+            reward=completion.reward,
+            tilted=completion.tilted,
+            logprob=completion.logprob,
         )
 
     def stats(self) -> Stats:
@@ -217,7 +226,7 @@ class SearchContext:
             chosen = select(self.completed, self.settings, vote=vote)
             solution, answer = chosen.solution, chosen.answer
         else:
-            best = max(self.beams, key=lambda p: p.score, default=None)
+            best = max(self.beams, key=lambda p: p.merit, default=None)
             solution = best.text if best is not None else ""
             answer = last_boxed(solution)
         return self.emit(
