@@ -157,7 +157,7 @@ def test_the_fakes_answers_have_the_shape_of_real_vllm_answers(server) -> None:
 
 def test_a_real_vllm_answer_parses(server) -> None:
     """The recorded answers of a real server, fed through the parser."""
-    from engines.remote.model import _prompt_row, _sampled, _stop_reason
+    from engines.remote.model import _sampled, _stop_reason, prompt_row
 
     sampled = json.loads((DATA / "completion-sampled.json").read_text())["choices"][0]
     tokens, logprobs = _sampled(sampled, ["real"])
@@ -167,7 +167,7 @@ def test_a_real_vllm_answer_parses(server) -> None:
     assert _stop_reason(stopped) is StopReason.DELIMITER and stopped["text"].endswith("\n\n")
     scored = json.loads((DATA / "completion-prompt-logprobs.json").read_text())["choices"][1]
     prompt = [151644, 8948, 198, 50, 151645]
-    row = _prompt_row(prompt, scored, ["real"])
+    row = prompt_row(prompt, scored, ["real"])
     assert row[0] == 0.0 and row[-1] == pytest.approx(-16.64173698425293)
 
 

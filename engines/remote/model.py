@@ -368,7 +368,7 @@ class RemoteModel:
             return results
 
     def _drafts(self, seq: RemoteSeq, answer: dict[str, Any], k: int) -> list[Draft]:
-        choices = _choices(answer, self.urls)
+        choices = choices_of(answer, self.urls)
         if len(choices) != k:
             raise ServerError(f"the server at {self.urls[0]} returned {len(choices)} completions where {k} were asked.")
         drafts = []
@@ -431,12 +431,12 @@ class RemoteModel:
         )
         rows: list[list[float]] = []
         for chunk, answer in zip(chunks, answers):
-            choices = _choices(answer, self.urls)
+            choices = choices_of(answer, self.urls)
             if len(choices) != len(chunk):
                 raise ServerError(
                     f"the server at {self.urls[0]} answered {len(choices)} prompts where {len(chunk)} were sent."
                 )
-            rows.extend(_prompt_row(prompt, choice, self.urls) for prompt, choice in zip(chunk, choices))
+            rows.extend(prompt_row(prompt, choice, self.urls) for prompt, choice in zip(chunk, choices))
         return rows
 
     # --- next-token log-probabilities (text rewards) -----------------------------------
@@ -475,7 +475,7 @@ class RemoteModel:
             answers = self.post(requests, charged, should_stop=should_stop)
             table = np.full((len(prompts), len(ids)), np.nan)
             for row, answer in enumerate(answers):
-                top = _top_logprobs(_choices(answer, self.urls)[0], self.urls)
+                top = _top_logprobs(choices_of(answer, self.urls)[0], self.urls)
                 for col, token in enumerate(ids):
                     if token in top:
                         table[row, col] = top[token]
@@ -509,7 +509,7 @@ def _int_list(value: object, what: str, urls: list[str]) -> list[int]:
     return value
 
 
-def _choices(answer: dict[str, Any], urls: list[str]) -> list[dict[str, Any]]:
+def choices_of(answer: dict[str, Any], urls: list[str]) -> list[dict[str, Any]]:
     choices = answer.get("choices")
     if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
         raise ServerError(f"the server at {urls[0]} answered a completion without choices.")
@@ -543,7 +543,7 @@ def _stop_reason(choice: dict[str, Any]) -> StopReason:
     return StopReason.DELIMITER if isinstance(choice.get("stop_reason"), str) else StopReason.EOS
 
 
-def _prompt_row(prompt: list[int], choice: dict[str, Any], urls: list[str]) -> list[float]:
+def prompt_row(prompt: list[int], choice: dict[str, Any], urls: list[str]) -> list[float]:
     entries = choice.get("prompt_logprobs")
     if not isinstance(entries, list) or len(entries) != len(prompt):
         raise ServerError(
