@@ -4,6 +4,7 @@ and a server that dies mid-search."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,51 @@ def test_bad_servers_are_refused_before_the_search_in_one_sentence(
         served_catalog(catalog, other.url, server.url)
         code, err = run_cli(ask, capsys)
     assert code == 2 and "cannot propose tokens for the target served-target: they split the same text" in err
+
+
+def test_doctor_checks_each_server_and_the_served_vocabularies(
+    server, tiny_qwen, tiny_llama, open_model, tmp_path, monkeypatch, capsys
+) -> None:
+    dead = FakeVLLM(open_model(tiny_qwen, n_seq_max=4), served=["tiny"])
+    dead.stop()
+    with (
+        FakeVLLM(open_model(tiny_qwen, n_seq_max=8), served=["tiny"], prompt_logprobs=False) as plain,
+        FakeVLLM(open_model(tiny_llama, n_seq_max=8), served=["tiny"]) as other,
+    ):
+        extra = f"""
+[models.other-family]
+url = "{other.url}"
+served = "tiny"
+
+[models.gone]
+url = ["{server.url}", "{dead.url}"]
+served = "tiny"
+
+[models.plain]
+url = "{plain.url}"
+served = "tiny"
+
+[presets.mixed]
+draft = "other-family"
+target = "served-target"
+reward = {{ kind = "judge", model = "gone" }}
+
+[presets.plain]
+target = "plain"
+reward = {{ kind = "judge", model = "plain" }}
+"""
+        catalog = served_catalog(tmp_path / "m.toml", server.url, server.url, extra=extra)
+        monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(catalog))
+        assert main(["doctor", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert main(["doctor"]) == 0
+        text = capsys.readouterr().out
+    checks = {(c["model"], c["url"]): c["problem"] for c in report["servers"]["checks"]}
+    assert checks[("served-target", server.url)] is None
+    assert "refused the connection" in checks[("gone", dead.url)] and checks[("gone", server.url)] is None
+    assert "did not return prompt log-probabilities" in checks[("plain", plain.url)]
+    vocabularies = report["servers"]["vocabularies"]
+    assert vocabularies["served"] is None and "split the same text differently" in vocabularies["mixed"]
+    assert report["presets"]["plain"]["models"] == []  # nothing of it loads here
+    assert f"served-target: tiny at {server.url}: ok, 512-token context" in text
+    assert "mixed vocabulary: the draft other-family cannot propose tokens" in text

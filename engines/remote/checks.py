@@ -9,8 +9,14 @@ text: the same token ids, read back as the same text.
 
 from __future__ import annotations
 
-from engines.base import LanguageModel, ServerError, VocabularyMismatch
+from dataclasses import dataclass
+
+from engines.base import EngineError, LanguageModel, ServerError, VocabularyMismatch
+from engines.remote.client import RetryPolicy, ServerPool
 from engines.remote.model import RemoteModel, choices_of, prompt_row
+
+# `doctor` asks once and does not wait long: it reports, the runtime retries.
+DOCTOR_POLICY = RetryPolicy(attempts=1, timeout_s=15.0)
 
 # Digits, LaTeX, the step delimiter, accents, math symbols and CJK: where
 # tokenizers of different families part ways.
@@ -31,6 +37,29 @@ def check_teacher_forcing(model: RemoteModel) -> None:
         answer = model.pool.call("POST", "completions", body, server=endpoint)
         [choice] = choices_of(answer, [endpoint.url])
         prompt_row(tokens, choice, [endpoint.url])
+
+
+@dataclass(frozen=True)
+class ServerCheck:
+    url: str
+    served: str
+    problem: str | None  # one sentence, None when the server can run the model's role
+    max_model_len: int | None = None
+
+
+def check_server(url: str, served: str, *, api_key: str | None, teacher_forcing: bool) -> ServerCheck:
+    """Whether one server answers, serves `served` and (for a draft or target)
+    returns prompt log-probabilities; a problem is said as the runtime says it."""
+    pool = ServerPool([url], api_key=api_key, policy=DOCTOR_POLICY)
+    try:
+        model = RemoteModel(pool, served)
+        if teacher_forcing:
+            check_teacher_forcing(model)
+    except EngineError as exc:
+        return ServerCheck(url, served, str(exc))
+    finally:
+        pool.close()
+    return ServerCheck(url, served, None, model.n_ctx)
 
 
 def vocab_problem(draft: LanguageModel, target: LanguageModel) -> str | None:
