@@ -178,6 +178,8 @@ class FakeVLLM:
         }
 
     def _completions(self, body: dict[str, Any]) -> tuple[int, Any]:
+        if body.get("temperature", 1.0) < 1e-5 and body.get("n", 1) > 1:  # vLLM's own check
+            return 400, _error(f"n must be 1 when using greedy sampling, got {body['n']}.", "BadRequestError", 400)
         prompt = body["prompt"]
         prompts = prompt if prompt and isinstance(prompt[0], list) else [prompt]
         max_tokens = body.get("max_tokens", 16)

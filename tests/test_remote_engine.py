@@ -181,3 +181,13 @@ def test_context_and_parameters_are_checked_before_a_request(server) -> None:
         model.sample([full], 0, SampleParams())
     with pytest.raises(ServerError, match=r"does not serve 'other'.*tiny"):
         remote(server, served="other")
+
+
+def test_greedy_asks_for_one_continuation_and_hands_back_k(server) -> None:
+    """vLLM refuses n > 1 at temperature 0 (as the fake does); k greedy drafts are one."""
+    model = remote(server)
+    [drafts] = model.sample([model.start([1, 2, 3])], 3, SampleParams(temperature=0.0, max_tokens=4))
+    [body] = [b for p, b in server.log if p == "/v1/completions"]
+    assert body["n"] == 1
+    assert len(drafts) == 3 and len({d.seq for d in drafts}) == 3
+    assert all(d.tokens == drafts[0].tokens and d.seq.tokens == drafts[0].seq.tokens for d in drafts)

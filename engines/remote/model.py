@@ -34,7 +34,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -55,6 +55,8 @@ from engines.base import (
 from engines.prompts import system_user
 from engines.remote.client import ServerPool
 
+# vLLM samples greedily below this temperature (vllm/sampling_params.py).
+_GREEDY = 1e-5
 # vLLM's default --max-logprobs; a request for more is refused.
 TOP_LOGPROBS = 20
 _TOKEN_ID = "token_id:"
@@ -335,6 +337,7 @@ class RemoteModel:
                 raise ValueError(f"invalid sampling parameters {params}")
             if not checked:
                 return []
+            greedy = params.temperature < _GREEDY
             requests = []
             for i, seq in enumerate(checked):
                 room = self._n_ctx - seq.n_tokens
@@ -346,7 +349,8 @@ class RemoteModel:
                 body = {
                     "model": self.served,
                     "prompt": list(seq._tokens),
-                    "n": k,
+                    # vLLM refuses n > 1 with greedy sampling; its k continuations are one.
+                    "n": 1 if greedy else k,
                     "max_tokens": min(params.max_tokens, room),
                     "temperature": params.temperature,
                     "top_p": params.top_p,
@@ -360,7 +364,9 @@ class RemoteModel:
                 requests.append(("completions", body))
             answers = self.post(requests, self.usage, should_stop=should_stop)
             self._read(checked, self.usage)
-            results = [self._drafts(seq, answer, k) for seq, answer in zip(checked, answers)]
+            results = [self._drafts(seq, answer, 1 if greedy else k) for seq, answer in zip(checked, answers)]
+            if greedy:
+                results = [[_copy(drafts[0], self) for _ in range(k)] for drafts in results]
             self.usage.generated += sum(len(d.tokens) for drafts in results for d in drafts)
             self.usage.decoded_rows += sum(len(d.tokens) for drafts in results for d in drafts)
             if progress is not None:
@@ -494,6 +500,18 @@ class RemoteModel:
 
 
 # --- answers ----------------------------------------------------------------------------
+
+
+def _copy(draft: Draft, model: RemoteModel) -> Draft:
+    """One of k identical greedy continuations, with a sequence of its own."""
+    seq = cast(RemoteSeq, draft.seq)
+    return Draft(
+        tokens=list(draft.tokens),
+        text=draft.text,
+        logprobs=list(draft.logprobs),
+        stop=draft.stop,
+        seq=RemoteSeq(model, list(seq._tokens), seq._seen),
+    )
 
 
 def _spread(prompts: list[list[int]], parts: int) -> list[list[list[int]]]:
