@@ -341,3 +341,26 @@ def _handler(fake: FakeVLLM) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
 
     return Handler
+
+
+def main() -> None:
+    """Serve a GGUF as the fake on a port of 127.0.0.1 until interrupted (for
+    measuring a client against a server in another process)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("gguf")
+    parser.add_argument("--served", default="fake-model")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds added to every answer")
+    args = parser.parse_args()
+    model = LlamaModel(args.gguf, n_seq_max=256, n_threads=1, flash_attn="off")
+    fake = FakeVLLM(model, [args.served], delay_s=args.delay)
+    print(fake.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        fake.stop()
+
+
+if __name__ == "__main__":
+    main()
