@@ -175,7 +175,7 @@ def test_stats_become_json_in_one_shape() -> None:
     assert stats.to_json() == {**record, "acceptance_rate": 0.75, "overhead_seconds": 2.0}
     assert list(stats.to_json()) == [
         "wall_seconds", "models", "steps", "draft_steps", "target_steps", "drafts_proposed",
-        "deferrals", "switches", "completed", "acceptance_rate", "overhead_seconds",
+        "deferrals", "switches", "completed", "answer_forced", "acceptance_rate", "overhead_seconds",
     ]  # fmt: skip
 
 
