@@ -40,7 +40,7 @@ def _solve(method: str, *, target=UNBOXED, draft=UNBOXED, **settings) -> tuple[F
 
 @pytest.mark.parametrize("method", list(REGISTRY))
 def test_every_method_gets_its_box_from_the_target(method: str) -> None:
-    finished, events, engines = _solve(method)
+    finished, _, engines = _solve(method)
     assert finished.answer == "42"
     assert finished.stats.answer_forced
     assert finished.solution.endswith(_END + ANSWER_CUE + "42}$.")
