@@ -16,6 +16,8 @@ from enum import Enum
 from typing import Protocol, runtime_checkable
 
 STEP_DELIMITER = "\n\n"
+# The system turn before every question; answers are read from their \boxed{}.
+SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
 class EngineError(Exception):
@@ -67,8 +69,8 @@ class Seq(Protocol):
 
 
 @dataclass
-class Draft:
-    """One sampled continuation of a sequence."""
+class Sampled:
+    """One sampled continuation of a sequence (a draft's candidate step, or the target's own)."""
 
     tokens: list[int]
     text: str
@@ -162,7 +164,7 @@ class LanguageModel(Protocol):
         *,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
-    ) -> list[list[Draft]]:
+    ) -> list[list[Sampled]]:
         """k continuations of every sequence, all advanced together."""
         ...
 

@@ -45,11 +45,11 @@ from engines import _native as N
 from engines.base import (
     Cancelled,
     ContextFullError,
-    Draft,
     EngineError,
     ModelLoadError,
     ModelUsage,
     ProgressFn,
+    Sampled,
     SampleParams,
     Scored,
     Seq,
@@ -637,7 +637,7 @@ class LlamaModel:
         *,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
-    ) -> list[list[Draft]]:
+    ) -> list[list[Sampled]]:
         with self._lock, timed(self.usage):
             return self._sample(seqs, k, params, progress, should_stop, self.usage)
 
@@ -649,7 +649,7 @@ class LlamaModel:
         progress: ProgressFn | None,
         should_stop: StopFn | None,
         usage: ModelUsage,
-    ) -> list[list[Draft]]:
+    ) -> list[list[Sampled]]:
         seqs = [self._check_seq(seq) for seq in given]
         if k < 1:
             raise ValueError(f"k must be at least 1, not {k}")
@@ -703,7 +703,7 @@ class LlamaModel:
             raise
         return [
             [
-                Draft(
+                Sampled(
                     tokens=c.seq._tokens[c.start :],
                     text=bytes(c.text).decode("utf-8", "replace"),
                     logprobs=c.logprobs,

@@ -32,9 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import llama_cpp as L
 import numpy as np
 
-from engines.base import SampleParams, Seq, StopReason
+from engines.base import SYSTEM_PROMPT, SampleParams, Seq, StopReason
 from engines.llama import LlamaModel, LlamaSeq
-from engines.prompts import SYSTEM_PROMPT
 
 QUESTIONS = [
     "List the first forty prime numbers, one per line, with a short remark on each.",
