@@ -1,7 +1,7 @@
 """The small protocols the search depends on.
 
 Nothing here imports llama_cpp: `app/search` programs against these shapes, and
-`engines/llama.py` (real models) and `engines/scripted.py` (tests) fill them.
+`engines/llama.py` (real models) and `engines/testing/scripted.py` (tests) fill them.
 
 Ownership of sequences: every `Seq` a call returns belongs to the caller, who
 must `release` it when done with it (a model has a fixed pool of sequence ids).

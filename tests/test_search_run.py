@@ -26,7 +26,7 @@ from app.search.events import (
 from app.search.settings import METHODS, SearchSettings
 from app.search.trace import read_trace, write_trace
 from engines.base import SYSTEM_PROMPT, ContextFullError
-from engines.scripted import ARITHMETIC_QUESTION, Continuation, ScriptedEngines, scripted_engines
+from engines.testing.scripted import ARITHMETIC_QUESTION, Continuation, ScriptedEngines, scripted_engines
 
 LOOP = "Again.\n\n"
 

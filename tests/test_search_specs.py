@@ -25,7 +25,7 @@ from app.search.events import (
 from app.search.settings import SearchSettings
 from app.search.specs import softmax_choice
 from engines.base import SYSTEM_PROMPT
-from engines.scripted import (
+from engines.testing.scripted import (
     ARITHMETIC_QUESTION,
     ARITHMETIC_REWARDS,
     VOCABULARY,
