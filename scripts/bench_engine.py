@@ -67,7 +67,7 @@ def rss_mb() -> float:
 
 def plain_loop(model: LlamaModel, prompt: list[int], batch: int, n_tokens: int) -> float:
     """Tokens/s of the textbook batched greedy loop on the model's own context."""
-    ctx, mem = model._ctx, L.llama_get_memory(model._ctx)
+    ctx, mem = model._native.ctx, model._native.memory
     seq_ids = list(range(model.n_seq_max - batch, model.n_seq_max))  # ids the engine leaves free here
     tokens = (L.llama_token * len(prompt))(*prompt)
     b = L.llama_batch_init(max(len(prompt), batch), 0, 1)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from engines.base import SYSTEM_PROMPT, SampleParams, StopReason
-from engines.llama import LlamaModel, check_vocab_files
+from engines.llama import LlamaModel
+from engines.vocab import check_vocab_files
 
 pytestmark = pytest.mark.real
 

@@ -9,6 +9,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HEADLESS = [
     "engines.base",
+    "engines.rows",
+    "engines.sampling",
     "engines.testing.scripted",
     "app.search",
     *sorted(f"app.search.{p.stem}" for p in (ROOT / "app" / "search").glob("*.py") if p.stem != "__init__"),
