@@ -129,7 +129,7 @@ def check_vocabulary(preset: ResolvedPreset) -> str | None:
         return None  # a pair with a model on servers is compared when it is opened
     assert draft.path is not None and target.path is not None, "compare only files that are here"
     try:
-        from engines.llama import check_vocab_files
+        from engines.vocab import check_vocab_files
     except ImportError as exc:
         return f"The vocabularies of {preset.name}'s draft and target were not compared ({exc})."
     try:

@@ -23,10 +23,10 @@ from app.search.events import (
     StepStarted,
     SwitchedToDraft,
 )
-from app.search.settings import METHODS, SYSTEM_PROMPT, SearchSettings
+from app.search.settings import METHODS, SearchSettings
 from app.search.trace import read_trace, write_trace
-from engines.base import ContextFullError
-from engines.scripted import ARITHMETIC_QUESTION, Continuation, ScriptedEngines, scripted_engines
+from engines.base import SYSTEM_PROMPT, ContextFullError
+from engines.testing.scripted import ARITHMETIC_QUESTION, Continuation, ScriptedEngines, scripted_engines
 
 LOOP = "Again.\n\n"
 
@@ -175,7 +175,7 @@ def test_stats_become_json_in_one_shape() -> None:
     assert stats.to_json() == {**record, "acceptance_rate": 0.75, "overhead_seconds": 2.0}
     assert list(stats.to_json()) == [
         "wall_seconds", "models", "steps", "draft_steps", "target_steps", "drafts_proposed",
-        "deferrals", "switches", "completed", "acceptance_rate", "overhead_seconds",
+        "deferrals", "switches", "completed", "answer_forced", "acceptance_rate", "overhead_seconds",
     ]  # fmt: skip
 
 

@@ -61,6 +61,8 @@ class Stats:
     deferrals: int = 0
     switches: int = 0  # returns from the target to the draft
     completed: int = 0  # completed candidates collected
+    # The chosen solution had no \\boxed{} and the target was asked for it (forced.py).
+    answer_forced: bool = False
 
     def to_json(self, *, derived: bool = True) -> dict[str, Any]:
         """The record as JSON values, the one shape `solve --json`, bench rows and

@@ -174,6 +174,8 @@ class Step:
                 logprob=candidate.logprob,
             )
             self.ctx.complete(self.number, completion, reason)
+            if completion.answer is None:
+                self.ctx.keep_for_answer(candidate.id, candidate.seqs.pop("target", None))
             self._release([candidate])
         return live
 

@@ -40,10 +40,10 @@ import numpy as np
 
 from engines.base import (
     ContextFullError,
-    Draft,
     EngineError,
     ModelUsage,
     ProgressFn,
+    Sampled,
     SampleParams,
     Scored,
     Seq,
@@ -328,7 +328,7 @@ class RemoteModel:
         *,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
-    ) -> list[list[Draft]]:
+    ) -> list[list[Sampled]]:
         with self._timed():
             checked = [self._check_seq(seq) for seq in seqs]
             if k < 1:
@@ -364,7 +364,7 @@ class RemoteModel:
                 requests.append(("completions", body))
             answers = self.post(requests, self.usage, should_stop=should_stop)
             self._read(checked, self.usage)
-            results = [self._drafts(seq, answer, 1 if greedy else k) for seq, answer in zip(checked, answers)]
+            results = [self._continuations(seq, answer, 1 if greedy else k) for seq, answer in zip(checked, answers)]
             if greedy:
                 results = [[_copy(drafts[0], self) for _ in range(k)] for drafts in results]
             self.usage.generated += sum(len(d.tokens) for drafts in results for d in drafts)
@@ -373,7 +373,7 @@ class RemoteModel:
                 progress([[d.text for d in drafts] for drafts in results])
             return results
 
-    def _drafts(self, seq: RemoteSeq, answer: dict[str, Any], k: int) -> list[Draft]:
+    def _continuations(self, seq: RemoteSeq, answer: dict[str, Any], k: int) -> list[Sampled]:
         choices = choices_of(answer, self.urls)
         if len(choices) != k:
             raise ServerError(f"the server at {self.urls[0]} returned {len(choices)} completions where {k} were asked.")
@@ -382,7 +382,7 @@ class RemoteModel:
             tokens, logprobs = _sampled(choice, self.urls)
             stop = _stop_reason(choice)
             drafts.append(
-                Draft(
+                Sampled(
                     tokens=tokens,
                     text=str(choice.get("text", "")),
                     logprobs=logprobs,
@@ -502,10 +502,10 @@ class RemoteModel:
 # --- answers ----------------------------------------------------------------------------
 
 
-def _copy(draft: Draft, model: RemoteModel) -> Draft:
+def _copy(draft: Sampled, model: RemoteModel) -> Sampled:
     """One of k identical greedy continuations, with a sequence of its own."""
     seq = cast(RemoteSeq, draft.seq)
-    return Draft(
+    return Sampled(
         tokens=list(draft.tokens),
         text=draft.text,
         logprobs=list(draft.logprobs),

@@ -20,8 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from engines.base import ModelUsage, RewardQuery, ServerError, StopFn, timed
-from engines.prompts import SYSTEM_PROMPT
+from engines.base import SYSTEM_PROMPT, ModelUsage, RewardQuery, ServerError, StopFn, timed
 from engines.remote.model import RemoteModel
 
 STEP_TAG = "<extra_0>"
