@@ -21,7 +21,7 @@ VENV=${SPECS_LOCAL_VLLM_VENV:-$HOME/.cache/specs-vllm-venv}
 MODELS=${SPECS_LOCAL_MODELS_DIR:-$HOME/.cache/specs-dev-models}
 PORT=${SPECS_LOCAL_VLLM_PORT:-8011}
 GGUF=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
-FOLDER=$MODELS/qwen2.5-coder-0.5b-instruct-float32
+FOLDER=${SPECS_LOCAL_VLLM_FOLDER:-$HOME/.cache/specs-vllm-models/qwen2.5-coder-0.5b-instruct-float32}
 
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"

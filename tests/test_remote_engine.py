@@ -191,3 +191,19 @@ def test_greedy_asks_for_one_continuation_and_hands_back_k(server) -> None:
     assert body["n"] == 1
     assert len(drafts) == 3 and len({d.seq for d in drafts}) == 3
     assert all(d.tokens == drafts[0].tokens and d.seq.tokens == drafts[0].seq.tokens for d in drafts)
+
+
+def test_the_remote_engine_loads_no_llama_cpp() -> None:
+    """A machine that only talks to servers needs no llama.cpp build for the engine itself."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import engines.remote.checks, engines.remote.client, engines.remote.model, engines.remote.reward\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('llama_cpp', 'textual'))))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
