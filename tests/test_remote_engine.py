@@ -207,3 +207,26 @@ def test_the_remote_engine_loads_no_llama_cpp() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_the_fakes_other_answers_have_the_shape_of_real_ones(server) -> None:
+    _, models = server.answer("GET", "/v1/models", {}, None)
+    real_models = json.loads((DATA / "models.json").read_text())
+    assert set(models) == set(real_models) and set(models["data"][0]) <= set(real_models["data"][0])
+    _, tokenized = server.answer("POST", "/tokenize", {}, {"messages": [{"role": "user", "content": "Hi"}]})
+    assert set(tokenized) == set(json.loads((DATA / "tokenize-chat.json").read_text()))
+    _, detokenized = server.answer("POST", "/detokenize", {}, {"tokens": [1, 2]})
+    assert set(detokenized) == set(json.loads((DATA / "detokenize.json").read_text()))
+    status, missing = server.answer("POST", "/v1/completions", {}, {"model": "nope", "prompt": [1]})
+    real_error = json.loads((DATA / "error-unknown-model.json").read_text())
+    assert status == 404 and set(missing["error"]) == set(real_error["error"])
+
+
+def test_a_real_refusal_is_said_with_the_servers_own_message() -> None:
+    from engines.remote.client import _refusal
+
+    body = (DATA / "error-unknown-model.json").read_bytes()
+    assert str(_refusal("http://h/v1", 404, body)) == (
+        "the server at http://h/v1 refused the request (404: The model `nope` does not exist. "
+        "Valid aliases: qwen-0.5b.)."
+    )
