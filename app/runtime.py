@@ -97,7 +97,9 @@ def connect(instance: ModelInstance) -> RemoteModel:
     entry = instance.entry
     pool = ServerPool(entry.urls, api_key=os.environ.get(entry.api_key_env) or None)
     try:
-        model = RemoteModel(pool, entry.served_name, name=entry.name)
+        # The server's max_model_len rules; an entry's own `context` can only lower it.
+        context = entry.context if "context" in entry.model_fields_set else None
+        model = RemoteModel(pool, entry.served_name, name=entry.name, n_ctx=context)
         if set(instance.roles) & {"draft", "target"}:
             check_teacher_forcing(model)
     except BaseException:

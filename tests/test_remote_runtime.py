@@ -253,3 +253,12 @@ reward = {{ kind = "judge", model = "plain" }}
     assert report["presets"]["plain"]["models"] == []  # nothing of it loads here
     assert f"served-target: tiny at {server.url}: ok, 512-token context" in text
     assert "mixed vocabulary: the draft other-family cannot propose tokens" in text
+
+
+def test_a_served_entrys_context_can_only_lower_the_servers(server, tmp_path) -> None:
+    path = served_catalog(tmp_path / "m.toml", server.url, server.url)
+    path.write_text(path.read_text().replace("[models.served-target]\n", "[models.served-target]\ncontext = 256\n"))
+    preset = resolve_preset(load_catalog(path), "served")
+    with open_engines(preset, preset.preset.settings()) as engines:
+        assert engines.target.n_ctx == 256
+        assert engines.draft is not None and engines.draft.n_ctx == server.max_model_len == 512
