@@ -27,6 +27,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from engines.base import (
     STEP_DELIMITER,
@@ -431,7 +432,7 @@ class ScriptedModel:
                     Scored(logprobs=self.token_logprobs(context, tokens), seq=seq, hidden=self._state_of(seq))
                 )
         except BaseException:
-            self._release_all([r.seq for r in results])  # type: ignore[misc]
+            self._release_all([cast(ScriptedSeq, r.seq) for r in results])
             raise
         total = sum(len(t) for _, t in pairs)
         self.usage.prefilled += total
