@@ -44,7 +44,7 @@ import ctypes
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import llama_cpp as L
 import numpy as np
@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 # positive probability. The cap moves at most 1e-6 of probability mass.
 _UNIFORM_MAX = 1.0 - 2.0**-20
 _PROBE_VOCAB = 4096
+MODES = ("auto", "device", "host")
 _LLAMA_SAMPLER_I_FIELDS = (
     "name",
     "accept",
@@ -110,6 +111,26 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def use_device(mode: str, *, gpu_layers: int, name: str) -> bool:
+    """Whether model `name` samples its steps in llama.cpp's graph.
+
+    "host" and "device" choose; "auto" samples on the device when the model's
+    layers are offloaded to a GPU, and on the host otherwise (on the CPU
+    backend the numpy path is the faster one; the README has the numbers).
+    When this llama-cpp-python cannot, the model samples on the host, said in
+    one log line."""
+    if mode not in MODES:
+        raise ValueError(f"sampling must be one of {', '.join(MODES)}, not {mode!r}")
+    offloaded = gpu_layers != 0 and L.llama_supports_gpu_offload()
+    if mode == "host" or (mode == "auto" and not offloaded):
+        return False
+    reason = unavailable_reason()
+    if reason is not None:
+        log.warning("%s samples on the host: %s.", name, reason)
+        return False
+    return True
+
+
 # --- the Python samplers ------------------------------------------------------------
 
 
@@ -117,7 +138,7 @@ class _Chain:
     """Python side of one candidate's chain: what specs-raw hands to specs-draw
     while a graph is built, and the draws the host asked for."""
 
-    __slots__ = ("draws", "error", "init_ok", "limit", "pending", "raw", "seq_id", "uniforms")
+    __slots__ = ("attached", "draws", "error", "init_ok", "limit", "pending", "raw", "seq_id", "uniforms")
 
     def __init__(self, seq_id: int, limit: int, draws: int) -> None:
         self.seq_id = seq_id
@@ -127,6 +148,7 @@ class _Chain:
         self.uniforms: int | None = None  # the graph's input tensor of uniforms
         self.pending: np.ndarray | None = None  # uniforms for the next decode
         self.init_ok = False
+        self.attached = False
         self.error: str | None = None
 
 
@@ -164,7 +186,8 @@ def _draw_ops(g: Any, ctx: int, data: Any, chain: _Chain) -> None:
     g.ggml_set_input(uniforms)
     chain.uniforms = uniforms
     targets = g.ggml_reshape_2d(ctx, g.ggml_mul(ctx, uniforms, total), 1, m)
-    grid = g.ggml_repeat_4d(ctx, g.ggml_reshape_2d(ctx, cdf, n, 1), n, m, 1, 1)
+    column = g.ggml_reshape_2d(ctx, cdf, n, 1)
+    grid = g.ggml_repeat_4d(ctx, column, n, m, 1, 1) if m > 1 else column
     # Per draw, the number of positions whose cumulative mass exceeds the
     # target; the drawn position is n minus that (the first one exceeding it).
     above = g.ggml_sum_rows(ctx, g.ggml_step(ctx, g.ggml_sub(ctx, grid, targets)))
@@ -223,6 +246,12 @@ def _guarded(build: Callable[[Any, int, Any, _Chain], None]) -> Callable[[Any, i
 
     def backend_apply(smpl: Any, ctx: int, _graph: int, data: Any) -> None:
         chain = _chain(smpl)
+        # llama.cpp builds every attached chain into each graph, on a dummy row
+        # when its sequence has no row there. A chain asked for no draws has
+        # none, so it adds nothing (its graph would not be computed anyway);
+        # until attached, it builds in full, so llama.cpp counts its nodes.
+        if chain.attached and chain.pending is None:
+            return
         try:
             build(_ggml.load(), ctx, data.contents, chain)
         except Exception as e:
@@ -301,14 +330,20 @@ _DRAW_I, _draw_keep = _interface(b"specs-draw", _draw_ops, draws=True)
 # --- chains for one sample call -------------------------------------------------------
 
 
+class Drawn(NamedTuple):
+    """What the device drew on one row: a token per candidate on it, and each
+    token's log-probability at T=1."""
+
+    tokens: list[int]
+    logprobs: list[float]
+
+
 class DeviceChains:
     """The sampler chains of one `sample` call, attached to its candidate sequences.
 
-    Before a decode, `request(seq_id, uniforms)` asks the row whose first
-    sequence is `seq_id` for one draw per uniform; after it, `check()` raises
-    what went wrong inside llama.cpp's graph and `take(i, n)` reads the first n
-    drawn tokens and log-probabilities of batch row i. Leaving the context
-    manager detaches and frees the chains.
+    Before a decode, `request(seq_ids, uniforms)` asks the row that carries
+    `seq_ids` for one draw per uniform; after it, `take(i, seq_ids)` reads what
+    batch row i drew. Leaving the context manager detaches and frees the chains.
     """
 
     def __init__(
@@ -327,7 +362,6 @@ class DeviceChains:
         self._keys: list[int] = []
         self._attached: list[int] = []
         self._by_seq: dict[int, _Chain] = {}
-        self._requested: list[list[_Chain]] = []
         try:
             for seq_id in seq_ids:
                 self._attach(seq_id, temperature, top_p, limit)
@@ -360,6 +394,7 @@ class DeviceChains:
                 f"llama.cpp rejected the sampler chain {describe(handle)} for sequence {seq_id}."
             )
         self._attached.append(seq_id)
+        chain.attached = True
         self._by_seq[seq_id] = chain
         lacking = [name.lstrip("-") for name in _names(handle) if name.startswith("-")]
         if lacking or not chain.init_ok:
@@ -367,50 +402,43 @@ class DeviceChains:
             raise BackendSamplingUnsupported(f"llama.cpp cannot sample in the graph here: {reason}.")
 
     def request(self, seq_ids: Sequence[int], uniforms: Sequence[float]) -> None:
-        """One draw per uniform (zeros pad the rest; greedy chains ignore the
-        values) on the next decode's row that carries `seq_ids`.
+        """One draw per candidate of the row that carries `seq_ids`, in the next
+        decode, from these uniforms (none for greedy chains, which ignore them).
 
         llama.cpp runs the chain of the row's first sequence id, and it keeps a
         row's ids in an unordered set, so which one is first is not ours to
-        choose: every chain on the row gets the draws and one of them uses them."""
-        if len(uniforms) > self._draws:
-            raise ValueError(f"{len(uniforms)} draws asked of chains that make {self._draws}")
+        choose: every chain on the row gets the uniforms, and one uses them."""
+        if len(seq_ids) > self._draws or len(uniforms) > len(seq_ids):
+            raise ValueError(f"{len(seq_ids)} candidates on a row of chains that draw {self._draws}")
         values = np.zeros(self._draws, np.float32)
         values[: len(uniforms)] = np.minimum(uniforms, _UNIFORM_MAX)
+        for seq_id in seq_ids:
+            self._by_seq[seq_id].pending = values
+
+    def take(self, row: int, seq_ids: Sequence[int]) -> Drawn:
+        """The tokens batch row `row` drew for the candidates `seq_ids` (as asked
+        by `request`) and their log-probabilities at T=1."""
         group = [self._by_seq[seq_id] for seq_id in seq_ids]
+        failed = next((chain for chain in group if chain.error is not None), None)
+        if failed is not None:
+            error, failed.error = failed.error, None
+            raise EngineError(f"sampling in llama.cpp's graph failed for sequence {failed.seq_id}: {error}.")
+        used = sum(chain.pending is None for chain in group)
         for chain in group:
-            chain.pending = values
-        self._requested.append(group)
-
-    def check(self) -> None:
-        """After a decode: raise what failed inside the graph, or a requested row
-        that llama.cpp did not sample (or sampled twice)."""
-        for chain in self._by_seq.values():
-            if chain.error is not None:
-                error, chain.error = chain.error, None
-                raise EngineError(f"sampling in llama.cpp's graph failed for sequence {chain.seq_id}: {error}.")
-        wrong = []
-        for group in self._requested:
-            if sum(chain.pending is None for chain in group) != 1:
-                wrong.append([chain.seq_id for chain in group])
-            for chain in group:
-                chain.pending = None
-        self._requested.clear()
-        if wrong:
-            raise EngineError(f"llama.cpp did not sample the rows of sequences {wrong} once each in its graph.")
-
-    def take(self, row: int, n: int) -> tuple[list[int], list[float]]:
-        """The first n tokens drawn on batch row `row` and their log-probabilities (T=1)."""
+            chain.pending = None
+        if used != 1:
+            raise EngineError(f"llama.cpp ran {used} sampler chains, not one, on the row of sequences {list(seq_ids)}.")
         n_tokens = L.llama_get_sampled_candidates_count_ith(self._ctx, row)
         n_logprobs = L.llama_get_sampled_logits_count_ith(self._ctx, row)
-        if n_tokens != self._draws or n_logprobs != self._draws or n > self._draws:
+        if n_tokens != self._draws or n_logprobs != self._draws:
             raise EngineError(
                 f"llama.cpp returned {n_tokens} tokens and {n_logprobs} log-probabilities for row {row}, "
                 f"not the {self._draws} its sampler chain draws."
             )
+        n = len(group)
         tokens = np.ctypeslib.as_array(L.llama_get_sampled_candidates_ith(self._ctx, row), shape=(n,))
         logprobs = np.ctypeslib.as_array(L.llama_get_sampled_logits_ith(self._ctx, row), shape=(n,))
-        return tokens.tolist(), logprobs.astype(np.float64).tolist()
+        return Drawn(tokens.tolist(), logprobs.astype(np.float64).tolist())
 
     def close(self) -> None:
         for seq_id in self._attached:
