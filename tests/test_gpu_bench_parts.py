@@ -185,3 +185,66 @@ def test_projection_follows_its_formula(tmp_path: Path) -> None:
     fixed = proj.project(searches, draft, target, prm, acceptance=0.9, deferral=0.0)
     assert fixed.specs_seconds == pytest.approx(3 * (0.9 * d + 0.1 * t))
     assert specs.exists() and beam.exists()
+
+
+def test_projection_on_traces_of_scripted_searches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The script end to end on real traces (SPECS and beam search on the
+    scripted engines), its output labelled as a projection."""
+    from app.search import run
+    from app.search.settings import SearchSettings
+    from app.search.trace import TraceWriter
+    from engines.testing.scripted import ARITHMETIC_QUESTION, scripted_engines
+
+    proj = _script("project_latency")
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    for method in ("specs", "beam"):
+        engines = scripted_engines()
+        with TraceWriter(traces / f"p0.{method}.jsonl") as sink:
+            run(method, ARITHMETIC_QUESTION, engines, SearchSettings(seed=1), emit=sink, clock=engines.clock)
+    bench = [
+        _bench_json(tmp_path / f"{n}.json", {1: ms, 4: ms * 1.1, 8: ms * 1.3}, ms / 20)
+        for n, ms in (("d", 5.0), ("t", 20.0))
+    ]
+    proj.main(["--draft", str(bench[0]), "--target", str(bench[1]), "--prm", str(bench[1]), "--traces", str(traces)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("PROJECTION (")
+    result = json.loads(out[-1])
+    assert result["projection"] is True
+    assert result["specs_seconds"] > 0 and result["beam_seconds"] > 0
+    assert result["ratio"] == pytest.approx(result["specs_seconds"] / result["beam_seconds"], rel=1e-3)
+    with pytest.raises(SystemExit, match="--acceptance must be between 0 and 1"):
+        proj.main(
+            [
+                "--draft",
+                str(bench[0]),
+                "--target",
+                str(bench[1]),
+                "--prm",
+                str(bench[1]),
+                "--traces",
+                str(traces),
+                "--acceptance",
+                "2",
+            ]
+        )
+
+
+def test_bench_engine_compares_both_sampling_paths(
+    tmp_path: Path, tiny_gguf_writer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What gpu_bench.sh runs, at a tiny size on the CPU backend: both paths side
+    by side, each with its rate, its ratio to the plain loop and its CPU cost."""
+    path = tiny_gguf_writer.write_qwen_like(
+        tmp_path / "tiny-4k.gguf", shape=tiny_gguf_writer.Shape(context_length=4096), seed=3, weight_scale=0.1
+    )
+    bench = _script("bench_engine")
+    bench.main(["--model", str(path), "--threads", "1", "--tokens", "4", "--rounds", "1", "--quick", "--json"])
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["sampling"] == "host"  # auto on a CPU build
+    assert set(result["batch"]) == {"1", "4", "8"}
+    for row in result["batch"].values():
+        for path_name in ("host", "device"):
+            assert row[f"{path_name}_tok_s"] > 0 and row[f"{path_name}_cpu_ms_per_token"] > 0
+        assert row["engine_tok_s"] == row["host_tok_s"]
+    assert result["score_tok_s"] > 0 and "decoded_rows" not in result  # --quick
