@@ -238,8 +238,28 @@ def test_an_unknown_sampling_mode_is_an_error(tiny_qwen: Path, open_model) -> No
         open_model(tiny_qwen, sampling="gpu")
 
 
-def test_auto_samples_on_the_host_on_a_cpu_build(tiny_qwen: Path, open_model, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_samples_on_the_host_when_nothing_is_offloaded(
+    tiny_qwen: Path, open_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SPECS_LOCAL_SAMPLING", raising=False)
-    assert not open_model(tiny_qwen).device_sampling
+    assert not open_model(tiny_qwen, n_gpu_layers=0).device_sampling
     monkeypatch.setenv("SPECS_LOCAL_SAMPLING", "device")
-    assert open_model(tiny_qwen).device_sampling
+    assert open_model(tiny_qwen, n_gpu_layers=0).device_sampling
+
+
+@pytest.mark.real
+def test_the_real_vocabulary_gives_the_host_logprobs_on_the_device(dev_model_small: Path) -> None:
+    """151,936 logits per row: where the two paths' tokens agree (all of them
+    but for a float32 rounding at a boundary), the device's log-probabilities
+    are the numpy path's within 1e-4."""
+    params = SampleParams(temperature=0.7, max_tokens=12, seed=5, delimiter=None)
+    runs = {}
+    for sampling in ("host", "device"):
+        with LlamaModel(dev_model_small, n_ctx=1024, n_seq_max=8, sampling=sampling) as model:
+            runs[sampling] = sample(model, 4, params)
+    compared = 0
+    for (host_tokens, host_lp, _), (device_tokens, device_lp, _) in zip(runs["host"], runs["device"]):
+        same = next((i for i, (a, b) in enumerate(zip(host_tokens, device_tokens)) if a != b), len(host_tokens))
+        np.testing.assert_allclose(device_lp[:same], host_lp[:same], atol=1e-4)
+        compared += same
+    assert compared >= 0.75 * sum(len(t) for t, _, _ in runs["host"])
