@@ -263,3 +263,19 @@ def test_the_real_vocabulary_gives_the_host_logprobs_on_the_device(dev_model_sma
         np.testing.assert_allclose(device_lp[:same], host_lp[:same], atol=1e-4)
         compared += same
     assert compared >= 0.75 * sum(len(t) for t, _, _ in runs["host"])
+
+
+def test_hidden_states_come_with_device_draws(tiny_qwen: Path, open_model) -> None:
+    """A model that keeps final hidden states (for a value-head reward) keeps
+    the same ones when its tokens are drawn in the graph."""
+    params = SampleParams(temperature=0.9, max_tokens=10, seed=6)
+    runs = {}
+    for sampling in ("host", "device"):
+        model = open_model(tiny_qwen, n_seq_max=16, hidden_states=True, sampling=sampling)
+        beam = prompt(model)
+        [drafts] = model.sample([beam], 4, params)
+        runs[sampling] = [(d.tokens, d.hidden) for d in drafts]
+    for (host_tokens, host_state), (device_tokens, device_state) in zip(runs["host"], runs["device"]):
+        assert device_tokens == host_tokens
+        assert host_state is not None and device_state is not None
+        np.testing.assert_allclose(device_state, host_state, atol=1e-5)
