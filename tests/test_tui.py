@@ -77,7 +77,7 @@ def make_app(
     engines = scripted_engines()
 
     @contextmanager
-    def factory(preset: Any, catalog: Any, settings: Any):  # type: ignore[no-untyped-def]
+    def factory(preset: Any, catalog: Any, settings: Any):
         yield engines
 
     kwargs.setdefault("settings", lambda preset: SETTINGS)
@@ -92,7 +92,7 @@ def make_app(
         cursor_blink=False,
         **kwargs,
     )
-    app.scripted = engines  # type: ignore[attr-defined]
+    app.scripted = engines
     return app
 
 
@@ -412,7 +412,7 @@ async def test_quitting_mid_search_lets_the_thread_finish_before_the_models_clos
     live_at_close: list[int] = []
 
     @contextmanager
-    def factory(preset: Any, catalog: Any, settings: Any):  # type: ignore[no-untyped-def]
+    def factory(preset: Any, catalog: Any, settings: Any):
         yield engines
         live_at_close.append(engines.live)  # what the models still held when closed
 
@@ -652,7 +652,7 @@ async def test_live_search_on_tiny_gguf_models(tiny_qwen: Path) -> None:
         return run(*args, emit=tee, **kwargs)
 
     @contextmanager
-    def tiny_engines(preset: Any, catalog: Any, settings: Any):  # type: ignore[no-untyped-def]
+    def tiny_engines(preset: Any, catalog: Any, settings: Any):
         with (
             LlamaModel(tiny_qwen, name="tiny-target", n_ctx=1024, n_seq_max=32, flash_attn="off") as target,
             LlamaModel(tiny_qwen, name="tiny-draft", n_ctx=1024, n_seq_max=32, flash_attn="off") as draft,
