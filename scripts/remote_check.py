@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,12 +43,11 @@ def engines(open_model: Callable[[], LlamaModel | RemoteModel]) -> Engines:
     """As app.runtime opens a preset whose three roles name one model: the
     target (judging too) and a draft of its own, each with its own accounts."""
     target = open_model()
+    # The text rewards read either engine (tokenize, chat template, next-token logprobs).
     return Engines(target=target, draft=open_model(), reward=JudgeReward(target))  # type: ignore[arg-type]
 
 
-def solve(
-    open_model: Callable[[], LlamaModel | RemoteModel], method: str, settings: SearchSettings
-) -> dict[str, object]:
+def solve(open_model: Callable[[], LlamaModel | RemoteModel], method: str, settings: SearchSettings) -> dict[str, Any]:
     events: list[object] = []
     t0 = time.perf_counter()
     finished = run(method, QUESTION, engines(open_model), settings, emit=events.append)
@@ -81,7 +81,7 @@ def main() -> None:
         return RemoteModel(ServerPool([args.url]), args.served)
 
     local, served = open_local(), open_served()
-    report: dict[str, object] = {}
+    report: dict[str, dict[str, Any]] = {}
 
     prompt = local.format_chat("Please reason step by step, and put your final answer within \\boxed{}.", QUESTION)
     tokens = local.tokenize(SOLUTION)
@@ -101,15 +101,15 @@ def main() -> None:
         there, here = solve(open_served, method, settings), solve(open_local, method, settings)
         report[method] = {
             "same_steps": there["steps"] == here["steps"],
-            "steps": len(here["steps"]),  # type: ignore[arg-type]
+            "steps": len(here["steps"]),
             "answers": [there["answer"], here["answer"]],
             "error": there["error"],
             "served": {k: there[k] for k in ("wall_s", "overhead_s_per_step", "overhead_share")},
             "local_wall_s": here["wall_s"],
         }
-        if not report[method]["same_steps"]:  # type: ignore[index]
-            report[method]["steps_served"] = there["steps"]  # type: ignore[index]
-            report[method]["steps_local"] = here["steps"]  # type: ignore[index]
+        if not report[method]["same_steps"]:
+            report[method]["steps_served"] = there["steps"]
+            report[method]["steps_local"] = here["steps"]
     print(json.dumps(report, indent=2))
 
 

@@ -260,7 +260,9 @@ def _gather(futures: list[Future[dict[str, Any]]], should_stop: StopFn | None) -
         if failed is not None:
             for f in pending:
                 f.cancel()
-            raise failed.exception()  # type: ignore[misc]
+            error = failed.exception()
+            assert error is not None, "chosen for having failed"
+            raise error
         if pending and should_stop is not None and should_stop():
             for f in pending:
                 f.cancel()
