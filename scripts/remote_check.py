@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
