@@ -99,6 +99,13 @@ def parse_rows(text: str) -> tuple[int, int | None]:
 @click.option(
     "--judge/--no-judge", default=True, show_default=True, help="Measure the yes/no judge on the same held-out steps."
 )
+@click.option(
+    "--judge-steps",
+    type=click.IntRange(1),
+    default=300,
+    show_default=True,
+    help="Held-out steps the judge scores (a model call each), e.g. --judge-steps 100.",
+)
 @runtime_options
 @yes_option()
 def command(
@@ -109,6 +116,7 @@ def command(
     limit: int | None,
     plans: str,
     judge: bool,
+    judge_steps: int,
     threads: int | None,
     gpu_layers: int | None,
     yes: bool,
@@ -152,7 +160,9 @@ def command(
         )
     ready = ensure_files(chosen, Consent(assume_yes=yes, interactive=True))
     runtime = RuntimeOptions(threads=threads, gpu_layers=gpu_layers)
-    return _train(ready, problems, rollout_plans, out, runtime, judge=judge, dataset=dataset, rows=rows)
+    return _train(
+        ready, problems, rollout_plans, out, runtime, judge=judge, judge_steps=judge_steps, dataset=dataset, rows=rows
+    )
 
 
 def _train(
@@ -164,7 +174,7 @@ def _train(
 
     work = out.with_name(out.name + ".work")
     progress = _RichProgress()
-    training = HeadTraining(work, problems, plans, progress=progress.hooks())
+    training = HeadTraining(work, problems, plans, progress=progress.hooks(), judge_steps=options["judge_steps"])
     t0 = time.monotonic()
     try:
         with progress, open_training_models(ready, threads=runtime.threads, n_gpu_layers=runtime.gpu_layers) as models:

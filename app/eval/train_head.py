@@ -74,6 +74,7 @@ class HeadTraining:
     plans: Sequence[RolloutPlan]
     progress: Progress = field(default_factory=Progress)
     should_stop: StopFn | None = None
+    judge_steps: int = JUDGE_STEPS
 
     @property
     def rollouts_path(self) -> Path:
@@ -133,8 +134,8 @@ class HeadTraining:
         by_key = {f"{r.problem}/{r.plan}/{r.sample}": r for r in rollouts}
         questions = {p.id: p.problem for p in self.problems}
         chosen = np.flatnonzero(rows)
-        if len(chosen) > JUDGE_STEPS:
-            chosen = np.sort(np.random.default_rng(0).choice(chosen, JUDGE_STEPS, replace=False))
+        if len(chosen) > self.judge_steps:
+            chosen = np.sort(np.random.default_rng(0).choice(chosen, self.judge_steps, replace=False))
         todo = [i for i in chosen if features.keys[i] not in cache]
         self.progress.phase("judge", len(chosen), len(chosen) - len(todo))
         for start in range(0, len(todo), JUDGE_BATCH):
