@@ -26,6 +26,7 @@ BUILTIN_CATALOG = Path(__file__).with_name("models.toml")
 DEFAULT_MODELS_DIR = Path.home() / ".cache" / "specs-dev-models"
 
 RewardKind = Literal["judge", "token-prm", "step-tag-prm"]
+Role = Literal["draft", "target", "reward"]
 
 
 class ConfigError(Exception):
@@ -39,11 +40,11 @@ class ModelEntry(BaseModel):
     repo: str | None = None  # Hugging Face repo id
     file: str  # GGUF file name in the repo (or in the models directory)
     revision: str = "main"
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    size: int | None = Field(None, ge=0)  # bytes, for planning before a download
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    size: int | None = Field(default=None, ge=0)  # bytes, for planning before a download
     path: str | None = None  # a local file; wins over everything else
     local: bool = False  # lives in SPECS_LOCAL_MODELS_DIR, never downloaded
-    context: int = Field(4096, ge=256)
+    context: int = Field(default=4096, ge=256)
     description: str = ""
 
     @model_validator(mode="after")
@@ -85,8 +86,9 @@ class Preset(BaseModel):
         given = {k: v for k, v in overrides.items() if v is not None}
         return SearchSettings(**{**self.search, **given})
 
-    def roles(self) -> dict[str, str]:
-        roles = {"target": self.target, "reward": self.reward.model}
+    def roles(self) -> dict[Role, str]:
+        """The model each role names, in role order: draft (if any), target, reward."""
+        roles: dict[Role, str] = {"target": self.target, "reward": self.reward.model}
         if self.draft:
             roles = {"draft": self.draft, **roles}
         return roles

@@ -1,75 +1,39 @@
-"""Model files on disk: where each catalog entry is, and fetching missing ones.
+"""Model files on this machine: where each catalog entry is, and whether a file is sound.
 
 Finding a model never touches the network: an entry's `path`, then the models
-directory, then the Hugging Face cache at the entry's revision.
+directory, then the Hugging Face cache at the entry's revision. Bringing a
+file from the Hub is app/transfer.py's work; asking whether to is the
+command line's.
 
-Downloads land in the standard Hugging Face cache (or a chosen directory).
-huggingface_hub 2.4 restarts an interrupted download from zero (every attempt
-writes a new, uniquely named temporary file and deletes it on failure;
-huggingface/huggingface_hub#4196), which for a 5 GB GGUF on a flaky line is
-no good. So the bytes go through the library's own `http_get` into a stable
-`blobs/<etag>.incomplete` that the next run resumes with a Range request, and
-`hf_hub_download` then files the finished blob into the cache (snapshot link,
-refs) exactly as it files its own downloads.
-
-huggingface_hub reads HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE once, at import;
-this module reads them on every call and passes them explicitly, so a change
-made after start-up (the app's settings, the tests) takes effect.
+huggingface_hub reads HF_HOME and HF_HUB_OFFLINE once, at import; this module
+reads them on every call, so a change made after start-up (the app's
+settings, the tests) takes effect.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import re
-import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import click
-import httpx2
-from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RemoteEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.file_download import http_get, repo_folder_name
-from huggingface_hub.utils import WeakFileLock, build_hf_headers
-from tqdm.auto import tqdm
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError
 
-from app.config import Catalog, ModelEntry, Preset, models_dir, user_config_path, write_user_overrides
+from app.config import ModelEntry, models_dir, user_config_path
 from app.errors import UserError
-from engines.base import VocabularyMismatch
 from engines.gguf_info import has_gguf_magic
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 FETCH_SCRIPT = "scripts/fetch-dev-models.sh"
 _HASH_BLOCK = 8 * 2**20
 _QUANT = re.compile(r"(?<![A-Za-z0-9])(I?Q[1-8](?:_[0-9A-Z]+)*|BF16|FP16|F16|F32)(?![A-Za-z0-9])", re.IGNORECASE)
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-# What huggingface_hub raises for a bad id, an HTTP error or no network (its HTTP errors are OSErrors).
-_HUB_ERRORS = (httpx2.HTTPError, OSError, HFValidationError)
 
+# Where progress lines go: the command line passes its stderr writer.
 Echo = Callable[[str], None]
 
 
-def echo_err(message: str) -> None:
-    click.echo(message, err=True)
-
-
-class DownloadError(UserError):
-    """A file could not be fetched; the message names the fix."""
-
-
-class ModelFileRejected(DownloadError):
+class ModelFileRejected(UserError):
     """A file failed the GGUF magic or sha256 check and has been taken out of use."""
 
 
@@ -86,10 +50,6 @@ def hub_cache_dir() -> Path:
     return Path(os.path.expandvars(home)).expanduser() / "hub"
 
 
-def hub_endpoint() -> str:
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
 def offline() -> bool:
     value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return value.upper() in {"1", "ON", "YES", "TRUE"}
@@ -98,7 +58,7 @@ def offline() -> bool:
 # -- finding models -----------------------------------------------------------
 
 
-def resolve_model(entry: ModelEntry) -> Path | None:
+def find_model(entry: ModelEntry) -> Path | None:
     """The model's file if it is on this machine: path, models dir, HF cache (never the network)."""
     if entry.local_path is not None and entry.local_path.is_file():
         return entry.local_path
@@ -113,17 +73,6 @@ def resolve_model(entry: ModelEntry) -> Path | None:
         if isinstance(cached, str):
             return Path(cached)
     return None
-
-
-def missing_models(preset: Preset | str, catalog: Catalog) -> list[ModelEntry]:
-    """The preset's models that are not on this machine, each once, in role order."""
-    preset = catalog.preset(preset) if isinstance(preset, str) else preset
-    return [catalog.model(name) for name, path in _resolve_preset(preset, catalog).items() if path is None]
-
-
-def _resolve_preset(preset: Preset, catalog: Catalog) -> dict[str, Path | None]:
-    """Each of the preset's models once (a target may also be the judge), in role order."""
-    return {name: resolve_model(catalog.model(name)) for name in dict.fromkeys(preset.roles().values())}
 
 
 def quantisation(filename: str) -> str | None:
@@ -159,267 +108,7 @@ def where_to_put(entries: Sequence[ModelEntry]) -> str:
     return f"{entry.name} is a local file (path = {entry.path}) that is not there; put the file there or fix `path`."
 
 
-# -- the Hub ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    repo: str
-    file: str
-    revision: str  # as asked (a branch, tag or commit)
-    commit: str
-    etag: str  # the sha256 of the content for LFS files (every GGUF)
-    size: int | None
-
-    @property
-    def content_sha256(self) -> str | None:
-        return self.etag if _SHA256.match(self.etag) else None
-
-
-def remote_file(repo: str, file: str, revision: str = "main") -> RemoteFile:
-    """Commit, etag and size of a file on the Hub (one HEAD request)."""
-    if offline():
-        raise _offline_error(repo, file)
-    endpoint = hub_endpoint()
-    try:
-        meta = get_hf_file_metadata(hf_hub_url(repo, file, revision=revision, endpoint=endpoint), endpoint=endpoint)
-    except _HUB_ERRORS as exc:
-        raise describe_hub_error(exc, repo, file, revision) from None
-    if meta.commit_hash is None or meta.etag is None:
-        raise DownloadError(
-            f"{endpoint} did not answer like the Hugging Face Hub for {repo}/{file}; check HF_ENDPOINT and any proxy."
-        )
-    return RemoteFile(repo, file, revision, meta.commit_hash, meta.etag, meta.size)
-
-
-def describe_hub_error(exc: Exception, repo: str, file: str, revision: str) -> DownloadError:
-    """One sentence for what the Hub or the network said (`exc` is one of _HUB_ERRORS)."""
-    endpoint = hub_endpoint()
-    if isinstance(exc, HFValidationError):
-        return DownloadError(f"{repo!r} is not a Hub repository id; write it as owner/name.")
-    if isinstance(exc, GatedRepoError):
-        return DownloadError(
-            f"{repo} is gated: accept its conditions at {endpoint}/{repo} while logged in, then set HF_TOKEN"
-            f" to an access token of that account ({endpoint}/settings/tokens)."
-        )
-    if isinstance(exc, RepositoryNotFoundError):
-        return DownloadError(
-            f"The Hub has no repository {repo}: check the name, or if it is private set HF_TOKEN to a token"
-            " that can read it."
-        )
-    if isinstance(exc, RevisionNotFoundError):
-        return DownloadError(
-            f"{repo} has no revision {revision!r}; pass an existing branch, tag or commit with --revision."
-        )
-    if isinstance(exc, RemoteEntryNotFoundError):
-        return DownloadError(f"{repo} has no file {file} at revision {revision!r}{_gguf_files_hint(repo, revision)}.")
-    if isinstance(exc, OfflineModeIsEnabled | LocalEntryNotFoundError):
-        return _offline_error(repo, file)
-    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
-        return DownloadError(f"The Hub answered HTTP {exc.response.status_code} for {repo}/{file}; try again later.")
-    return DownloadError(
-        f"Cannot reach the Hub at {endpoint} ({type(exc).__name__}); check the network, or set"
-        f" HF_HUB_OFFLINE=1 to use only models already downloaded."
-    )
-
-
-def _gguf_files(repo: str, revision: str) -> list[str]:
-    """The GGUF files of a repo at a revision (one listing request)."""
-    if offline():
-        raise DownloadError(
-            f"Listing the files of {repo} needs the network but HF_HUB_OFFLINE is set; name the file exactly."
-        )
-    try:
-        files = HfApi(endpoint=hub_endpoint()).list_repo_files(repo, revision=revision)
-    except _HUB_ERRORS as exc:
-        raise describe_hub_error(exc, repo, "", revision) from None
-    return sorted(f for f in files if f.endswith(".gguf"))
-
-
-def _gguf_files_hint(repo: str, revision: str) -> str:
-    try:
-        files = _gguf_files(repo, revision)
-    except DownloadError:
-        return ""
-    return f"; its GGUF files are: {', '.join(files[:8])}" if files else ""
-
-
-def match_repo_file(repo: str, pattern: str, revision: str = "main") -> str:
-    """The one GGUF file of a repo that a glob such as `*Q4_K_M.gguf` matches."""
-    if not any(c in pattern for c in "*?["):
-        return pattern
-    ggufs = _gguf_files(repo, revision)
-    matches = [f for f in ggufs if fnmatch.fnmatch(f, pattern)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        listing = ", ".join(ggufs[:12]) or "none"
-        raise DownloadError(f"No GGUF file of {repo} matches {pattern!r}; its GGUF files are: {listing}.")
-    raise DownloadError(
-        f"{pattern!r} matches {len(matches)} files of {repo} ({', '.join(matches[:12])}); name one with --file."
-    )
-
-
-def _offline_error(repo: str, file: str) -> DownloadError:
-    return DownloadError(
-        f"{file} of {repo} is not downloaded and HF_HUB_OFFLINE is set; unset HF_HUB_OFFLINE to download it."
-    )
-
-
-# -- downloading ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Destination:
-    """Where a remote file's bytes go: the HF cache (blob by etag) or a directory."""
-
-    local_dir: Path | None = None
-
-    def final(self, remote: RemoteFile) -> Path:
-        if self.local_dir is not None:
-            return self.local_dir / remote.file
-        return self._storage(remote) / "blobs" / remote.etag
-
-    def partial(self, remote: RemoteFile) -> Path:
-        if self.local_dir is not None:
-            flat = remote.file.replace("/", "--")
-            return self.local_dir / ".cache" / "specs-local" / f"{flat}.{remote.etag}.incomplete"
-        return self.final(remote).with_name(remote.etag + ".incomplete")
-
-    def lock(self, remote: RemoteFile) -> Path:
-        if self.local_dir is not None:
-            return self.partial(remote).with_suffix(".lock")
-        # The library's own lock for this blob, so it never writes the blob at the same time.
-        folder = repo_folder_name(repo_id=remote.repo, repo_type="model")
-        return hub_cache_dir() / ".locks" / folder / f"{remote.etag}.lock"
-
-    def directory(self) -> Path:
-        return self.local_dir if self.local_dir is not None else hub_cache_dir()
-
-    def _storage(self, remote: RemoteFile) -> Path:
-        return hub_cache_dir() / repo_folder_name(repo_id=remote.repo, repo_type="model")
-
-    def present(self, remote: RemoteFile) -> Path | None:
-        """The finished file for this remote version, if it is already here."""
-        final = self.final(remote)
-        return final if final.is_file() else None
-
-    def partial_bytes(self, remote: RemoteFile) -> int:
-        return _size(self.partial(remote))
-
-    def needed_bytes(self, remote: RemoteFile) -> int:
-        if self.present(remote) is not None or remote.size is None:
-            return 0
-        return max(remote.size - self.partial_bytes(remote), 0)
-
-
-def free_bytes(directory: Path) -> int:
-    """Free space where `directory` is (or will be created)."""
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return shutil.disk_usage(existing).free
-
-
-def check_free_space(directory: Path, needed: int) -> None:
-    """Fail before downloading rather than half way through."""
-    free = free_bytes(directory)
-    if needed > free:
-        raise DownloadError(
-            f"Not enough disk space in {directory}: the download needs {format_size(needed)} and only"
-            f" {format_size(free)} is free; free some space, or download to another disk with --local-dir"
-            " (or HF_HOME)."
-        )
-
-
-def fetch(
-    remote: RemoteFile,
-    *,
-    destination: Destination | None = None,
-    sha256: str | None = None,
-    tqdm_class: type[tqdm] | None = None,
-    echo: Echo = echo_err,
-) -> Path:
-    """Download (or resume) one file into `destination` (the HF cache by default), verify it, return its path."""
-    destination = destination or Destination()
-    if sha256 and remote.content_sha256 and remote.content_sha256 != sha256:
-        raise DownloadError(
-            f"{remote.repo}/{remote.file} at {remote.revision!r} is not the file models.toml pins (the Hub's"
-            f" sha256 is {remote.content_sha256[:12]}…, the pin {sha256[:12]}…); set `revision` to the pinned"
-            f" commit, or update `sha256` in {user_config_path()} if the new file is wanted."
-        )
-    expected = sha256 or remote.content_sha256
-    final = destination.present(remote)
-    if final is not None and (problem := file_problem(final, expected, name=remote.file, echo=echo)):
-        final.unlink()
-        echo(f"The {remote.file} already here {problem}; downloading it again.")
-        final = None
-    if final is None:
-        final = _transfer(remote, destination, tqdm_class, echo)
-        if problem := file_problem(final, expected, name=remote.file, echo=echo):
-            fix = "run the same command again" if has_gguf_magic(final) else "download a .gguf file of the repo"
-            final.unlink()
-            raise ModelFileRejected(f"The downloaded {remote.file} {problem}, so it was deleted; {fix}.")
-    if destination.local_dir is not None:
-        return final
-    try:
-        # Finds the blob in place and only links the snapshot and writes refs.
-        linked = hf_hub_download(
-            remote.repo, remote.file, revision=remote.revision, cache_dir=hub_cache_dir(), endpoint=hub_endpoint()
-        )
-    except _HUB_ERRORS as exc:
-        raise describe_hub_error(exc, remote.repo, remote.file, remote.revision) from None
-    return Path(linked)
-
-
-def _transfer(remote: RemoteFile, destination: Destination, tqdm_class: type[tqdm] | None, echo: Echo) -> Path:
-    final, partial, lock = destination.final(remote), destination.partial(remote), destination.lock(remote)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with WeakFileLock(lock):
-        if final.is_file():  # another process finished it while we waited
-            return final
-        have = _size(partial)
-        if remote.size is not None and have > remote.size:
-            partial.unlink()  # longer than the file: not a prefix of it
-            have = 0
-        check_free_space(partial.parent, (remote.size or 0) - have)
-        if have:
-            echo(f"resuming {remote.file} at {format_size(have)} of {format_size(remote.size)}")
-        url = hf_hub_url(remote.repo, remote.file, revision=remote.commit, endpoint=hub_endpoint())
-        try:
-            with open(partial, "ab") as out:
-                http_get(
-                    url,
-                    out,
-                    resume_size=have,
-                    headers=build_hf_headers(library_name="specs-local"),
-                    expected_size=remote.size,
-                    displayed_filename=remote.file,
-                    tqdm_class=tqdm_class,
-                )
-        except KeyboardInterrupt:
-            echo(
-                f"Interrupted: {format_size(_size(partial))} of {remote.file} kept in {partial};"
-                " run the same command again to resume."
-            )
-            raise
-        except (httpx2.HTTPError, OSError) as exc:
-            got = _size(partial)
-            if remote.size is not None and got > remote.size:
-                partial.unlink()
-            reason = getattr(exc, "strerror", None) or type(exc).__name__
-            raise DownloadError(
-                f"The download of {remote.file} stopped at {format_size(got)} of {format_size(remote.size)}"
-                f" ({reason}); run the same command again to resume it."
-            ) from None
-        os.replace(partial, final)
-    return final
-
-
-def _size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else 0
+# -- verifying ------------------------------------------------------------------
 
 
 def sha256_of(path: Path) -> str:
@@ -430,7 +119,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_problem(path: Path, expected_sha256: str | None, *, name: str, echo: Echo = echo_err) -> str | None:
+def file_problem(path: Path, expected_sha256: str | None, *, name: str, echo: Echo) -> str | None:
     """What is wrong with a model file, if anything: not a GGUF, or not the expected sha256."""
     if not has_gguf_magic(path):
         return "is not a GGUF file"
@@ -443,7 +132,7 @@ def file_problem(path: Path, expected_sha256: str | None, *, name: str, echo: Ec
     return None
 
 
-def verify_local(entry: ModelEntry, path: Path, echo: Echo = echo_err) -> None:
+def verify_local(entry: ModelEntry, path: Path, *, echo: Echo) -> None:
     """Check a model found on disk (magic, pinned sha256); a bad file is taken out of use."""
     problem = file_problem(path, entry.sha256, name=entry.file, echo=echo)
     if problem is None:
@@ -460,114 +149,3 @@ def verify_local(entry: ModelEntry, path: Path, echo: Echo = echo_err) -> None:
         f"{path} {problem}; {where} so nothing uses it: download it again, or if this file is wanted,"
         f" update `sha256` for {entry.name} in {user_config_path()}."
     )
-
-
-def remember(name: str, fields: dict[str, object]) -> Path:
-    """Record a model's location or pin in the user catalog (`specs-local models --paths`)."""
-    return write_user_overrides({"models": {name: fields}})
-
-
-# -- presets --------------------------------------------------------------------
-
-
-def check_preset_vocabulary(preset: Preset, paths: dict[str, Path]) -> str | None:
-    """Raise VocabularyMismatch if draft and target cannot pair; a note if it could not be checked."""
-    if "draft" not in paths:
-        return None
-    try:
-        from engines.llama import check_vocab_files
-    except ImportError as exc:
-        return f"The vocabularies of {preset.name}'s draft and target were not compared ({exc})."
-    try:
-        check_vocab_files(paths["draft"], paths["target"])
-    except VocabularyMismatch as exc:
-        raise VocabularyMismatch(f"Preset {preset.name}: {exc}") from None
-    return None
-
-
-@dataclass(frozen=True)
-class Fetched:
-    entry: ModelEntry
-    remote: RemoteFile
-    path: Path
-
-
-def download_models(
-    entries: Sequence[ModelEntry],
-    *,
-    destination: Destination | None = None,
-    tqdm_class: type[tqdm] | None = None,
-    echo: Echo = echo_err,
-) -> list[Fetched]:
-    """Download Hub models one after the other, after checking that all of them fit on disk."""
-    destination = destination or Destination()
-    remotes = []
-    for entry in entries:
-        if not entry.repo:
-            raise UserError(where_to_put([entry]))
-        remotes.append(remote_file(entry.repo, entry.file, entry.revision))
-    check_free_space(destination.directory(), sum(destination.needed_bytes(r) for r in remotes))
-    fetched = []
-    for entry, remote in zip(entries, remotes, strict=True):
-        echo(f"{entry.name}: {remote.file} ({format_size(remote.size)}) from {remote.repo}")
-        path = fetch(remote, destination=destination, sha256=entry.sha256, tqdm_class=tqdm_class, echo=echo)
-        fetched.append(Fetched(entry, remote, path))
-    return fetched
-
-
-def ensure_models(
-    preset: Preset | str,
-    catalog: Catalog,
-    *,
-    assume_yes: bool,
-    interactive: bool,
-    echo: Echo = echo_err,
-    tqdm_class: type[tqdm] | None = None,
-) -> dict[str, Path]:
-    """The preset's model files by role, downloading missing ones only with consent.
-
-    Without consent (neither `assume_yes` nor a yes at the prompt, which is
-    only shown when `interactive`), raises a UserError that names the missing
-    models and the command that downloads them.
-    """
-    preset = catalog.preset(preset) if isinstance(preset, str) else preset
-    found = _resolve_preset(preset, catalog)
-    missing = [catalog.model(name) for name, path in found.items() if path is None]
-    if missing:
-        _ask_consent(preset, missing, assume_yes=assume_yes, interactive=interactive)
-        for item in download_models(missing, tqdm_class=tqdm_class, echo=echo):
-            found[item.entry.name] = item.path
-    paths = {}
-    for role, name in preset.roles().items():
-        path = found[name]
-        assert path is not None, "every missing model has just been downloaded"
-        paths[role] = path
-    if missing:
-        note = check_preset_vocabulary(preset, paths)
-        if note:
-            echo(note)
-    return paths
-
-
-def _ask_consent(preset: Preset, missing: Sequence[ModelEntry], *, assume_yes: bool, interactive: bool) -> None:
-    never_downloaded = [entry for entry in missing if not entry.repo]
-    if never_downloaded:
-        raise UserError(where_to_put(never_downloaded))
-    command = f"specs-local download {preset.name}"
-    names = ", ".join(m.name for m in missing)
-    if offline():
-        raise UserError(
-            f"Preset {preset.name} needs {names}, which are not downloaded, and HF_HUB_OFFLINE is set;"
-            f" run `{command}` while online."
-        )
-    total = sum(m.size or 0 for m in missing)
-    size = f" (about {format_size(total)})" if total else ""
-    if assume_yes:
-        return
-    if not interactive:
-        raise UserError(
-            f"Preset {preset.name} needs {names}{size}, which are not downloaded; run `{command}`,"
-            " or pass --yes to download them now."
-        )
-    if not click.confirm(f"Preset {preset.name} needs {names}{size}. Download now?", default=True, err=True):
-        raise UserError(f"Nothing was downloaded; run `{command}` when you are ready.")

@@ -1,17 +1,22 @@
-"""Turn a preset into running engines: load each GGUF once, share it between
-roles that name the same model (a judge on the target), check that draft and
-target share a vocabulary, and free everything on exit."""
+"""Turn a resolved preset into running engines: load each GGUF once, share it
+between roles that name the same model (a judge on the target), check that
+draft and target share a vocabulary, and free everything on exit."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from app.config import Catalog, Preset
+from app.config import Role
+from app.errors import UserError
+from app.presets import ModelInstance, ResolvedPreset
 from app.search.settings import SearchSettings
 from app.search.types import Engines
+
+if TYPE_CHECKING:
+    from engines.llama import LlamaModel
 
 
 def sequence_capacity(settings: SearchSettings) -> int:
@@ -28,45 +33,40 @@ def default_threads() -> int | None:
 
 @contextmanager
 def open_engines(
-    preset: Preset,
-    catalog: Catalog,
+    preset: ResolvedPreset,
     settings: SearchSettings,
     *,
-    paths: dict[str, Path],
     threads: int | None = None,
     n_gpu_layers: int | None = None,
 ) -> Iterator[Engines]:
-    """`paths` maps each role of the preset ("draft", "target", "reward") to
-    its local file (see `app.hub.ensure_models`)."""
+    """The preset's engines; every file of it must be here (app.commands.common.open_preset
+    downloads missing ones first)."""
     from engines.llama import LlamaModel, check_shared_vocab
     from engines.reward import build_reward
 
     threads = threads if threads is not None else default_threads()
     n_seq_max = sequence_capacity(settings)
+
+    def load(instance: ModelInstance) -> LlamaModel:
+        if instance.path is None:
+            raise UserError(
+                f"The file of {instance.entry.name} is not on this machine; run `specs-local download {preset.name}`."
+            )
+        return LlamaModel(
+            instance.path,
+            name=instance.entry.name,
+            n_ctx=instance.entry.context,
+            n_seq_max=n_seq_max,
+            n_gpu_layers=n_gpu_layers,
+            n_threads=threads,
+        )
+
     with ExitStack() as stack:
-        loaded: dict[str, LlamaModel] = {}
-
-        def model(role: str, name: str, key: str | None = None) -> LlamaModel:
-            key = key or name
-            if key not in loaded:
-                entry = catalog.model(name)
-                loaded[key] = stack.enter_context(
-                    LlamaModel(
-                        paths[role],
-                        name=name,
-                        n_ctx=entry.context,
-                        n_seq_max=n_seq_max,
-                        n_gpu_layers=n_gpu_layers,
-                        n_threads=threads,
-                    )
-                )
-            return loaded[key]
-
-        target = model("target", preset.target)
-        # The draft always gets a context of its own, so that its time and
-        # tokens are its own even when it is the same file as the target.
-        draft = model("draft", preset.draft, key="draft:" + preset.draft) if preset.draft else None
-        if draft is not None:
-            check_shared_vocab(draft, target)
-        reward = build_reward(preset.reward.kind, model("reward", preset.reward.model))
-        yield Engines(target=target, reward=reward, draft=draft)
+        models: dict[Role, LlamaModel] = {}
+        for instance in preset.instances():
+            model = stack.enter_context(load(instance))
+            models.update(dict.fromkeys(instance.roles, model))
+            if "draft" in instance.roles:  # the target is loaded first: refuse a mismatch before the reward model
+                check_shared_vocab(model, models["target"])
+        reward = build_reward(preset.preset.reward.kind, models["reward"])
+        yield Engines(target=models["target"], reward=reward, draft=models.get("draft"))

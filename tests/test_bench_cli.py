@@ -23,11 +23,11 @@ def scripted_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dic
     clock = FakeClock()
 
     @contextmanager
-    def fake_open(preset: Any, catalog: Any, settings: Any, **kwargs: Any) -> Iterator[Any]:
+    def fake_open(preset: Any, settings: Any, **kwargs: Any) -> Iterator[Any]:
         opened.append({"preset": preset.name, "settings": settings, **kwargs})
         yield scripted_engines(clock=clock)
 
-    monkeypatch.setattr(bench_command, "open_preset_engines", fake_open)
+    monkeypatch.setattr(bench_command, "open_preset", fake_open)
     monkeypatch.setattr(bench_command, "clock", clock)
     return opened
 
@@ -216,7 +216,7 @@ def test_ctrl_c_keeps_results_and_says_how_to_resume(
     dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     @contextmanager
-    def interrupting(preset: Any, catalog: Any, settings: Any, **kwargs: Any) -> Iterator[Any]:
+    def interrupting(preset: Any, settings: Any, **kwargs: Any) -> Iterator[Any]:
         engines = scripted_engines()
         score = engines.reward.score
         calls = 0
@@ -231,7 +231,7 @@ def test_ctrl_c_keeps_results_and_says_how_to_resume(
         engines.reward.score = score_then_interrupt  # type: ignore[method-assign]
         yield engines
 
-    monkeypatch.setattr(bench_command, "open_preset_engines", interrupting)
+    monkeypatch.setattr(bench_command, "open_preset", interrupting)
     out = tmp_path / "o"
     args = ["--dataset", str(dataset), "--methods", "specs,beam", "--preset", "cpu-dev", "--out", str(out)]
     assert bench(*args) == 130
@@ -242,10 +242,10 @@ def test_ctrl_c_keeps_results_and_says_how_to_resume(
     assert not (out / "report.md").exists()
 
     @contextmanager
-    def plain(preset: Any, catalog: Any, settings: Any, **kwargs: Any) -> Iterator[Any]:
+    def plain(preset: Any, settings: Any, **kwargs: Any) -> Iterator[Any]:
         yield scripted_engines()
 
-    monkeypatch.setattr(bench_command, "open_preset_engines", plain)
+    monkeypatch.setattr(bench_command, "open_preset", plain)
     assert bench(*args) == 0
     assert results(out)[: len(kept)] == kept and len(results(out)) == 6
 

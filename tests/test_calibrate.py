@@ -93,10 +93,10 @@ def scripted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     clock = FakeClock()
 
     @contextmanager
-    def fake_open(preset: Any, catalog: Any, settings: Any, **kwargs: Any) -> Iterator[Any]:
+    def fake_open(preset: Any, settings: Any, **kwargs: Any) -> Iterator[Any]:
         yield scripted_engines(clock=clock)
 
-    monkeypatch.setattr(bench_command, "open_preset_engines", fake_open)
+    monkeypatch.setattr(bench_command, "open_preset", fake_open)
     monkeypatch.setattr(bench_command, "clock", clock)
     data = tmp_path / "problems.jsonl"
     data.write_text(

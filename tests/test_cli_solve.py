@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
-from app.cli import main
+from app.cli import cli, main
+from app.commands.common import SEARCH_OPTIONS
 from app.search.events import Finished, SearchStarted, StepAccepted
 from app.search.trace import read_trace
 
@@ -127,6 +129,28 @@ def test_bad_input_is_one_sentence_and_exit_2(args: list[str], says: str, tiny_p
     assert code == 2
     assert says in err
     assert "Traceback" not in err and out == ""
+
+
+def test_a_search_option_s_environment_twin_is_read_and_refused_like_the_flag(
+    tiny_preset: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("SPECS_LOCAL_N", "0")
+    code, out, err = run_cli(["solve", "q", "--preset", "tiny"], capsys)
+    assert code == 2 and "Invalid --n" in err and out == ""
+
+
+@pytest.mark.parametrize("name", ["solve", "bench", "calibrate", "tui"])
+def test_commands_that_run_a_preset_share_its_options_and_their_twins(name: str) -> None:
+    with click.Context(cli) as ctx:
+        command = cli.get_command(ctx, name)
+    assert command is not None
+    twins = {p.name: p.envvar for p in command.params if isinstance(p, click.Option)}
+    assert twins["preset"] == "SPECS_LOCAL_PRESET"
+    assert (twins["threads"], twins["gpu_layers"]) == ("SPECS_LOCAL_THREADS", "SPECS_LOCAL_GPU_LAYERS")
+    assert {field: twins[field] for _, field, _, _ in SEARCH_OPTIONS} == {
+        field: "SPECS_LOCAL_" + field.upper() for _, field, _, _ in SEARCH_OPTIONS
+    }
+    assert ("yes" in twins) == (name != "tui")  # the app never downloads; it names the command that does
 
 
 def test_a_question_longer_than_the_context_names_both_lengths(tiny_preset: Path, capsys) -> None:

@@ -1,4 +1,4 @@
-"""`specs-local download` and app.hub against a loopback fake Hub, with the real huggingface_hub client."""
+"""`specs-local download`, app.hub and app.transfer against a loopback fake Hub, with the real huggingface_hub client."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ import pytest
 from huggingface_hub import file_download, try_to_load_from_cache
 from huggingface_hub.utils.tqdm import tqdm as HfTqdm  # the bar http_get uses by default
 
-from app import hub
+from app import hub, transfer
 from app.cli import main
+from app.commands.common import Consent, ensure_files
 from app.config import dump_toml, load_catalog
 from app.errors import UserError
+from app.presets import ResolvedPreset, resolve_preset
 from engines.base import VocabularyMismatch
 
 if TYPE_CHECKING:
@@ -94,8 +96,7 @@ def test_fresh_download_of_a_preset_fills_the_cache_and_checks_the_vocabulary(ti
     assert "tiny: ready" in out
     assert f"tiny-draft: {cached(DRAFT_REPO, DRAFT_FILE)}" in out
     assert partials() == []
-    catalog = load_catalog()
-    assert hub.missing_models("tiny", catalog) == []
+    assert resolve_preset(load_catalog(), "tiny").missing == []
 
 
 def test_a_second_download_finds_everything_in_place(tiny: Tiny, capsys) -> None:
@@ -115,8 +116,8 @@ def no_retry_wait(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_connection_cut_mid_file_is_resumed_with_a_range_request(tiny: Tiny, no_retry_wait: None) -> None:
     tiny.hub.cut_next(150_000)
-    remote = hub.remote_file(DRAFT_REPO, DRAFT_FILE)
-    path = hub.fetch(remote, sha256=sha(tiny.draft), echo=lambda _: None)
+    remote = transfer.remote_file(DRAFT_REPO, DRAFT_FILE)
+    path = transfer.fetch(remote, sha256=sha(tiny.draft), echo=lambda _: None)
     gets = tiny.hub.content_requests()
     assert [r.range for r in gets] == [None, f"bytes={2 * CHUNK}-"]  # the two whole chunks before the cut were kept
     assert path.read_bytes() == tiny.draft
@@ -146,26 +147,26 @@ class _InterruptAfterTwoChunks(HfTqdm):
 
 
 def test_ctrl_c_keeps_the_partial_file_and_the_next_fetch_resumes_from_it(tiny: Tiny) -> None:
-    remote = hub.remote_file(DRAFT_REPO, DRAFT_FILE)
+    remote = transfer.remote_file(DRAFT_REPO, DRAFT_FILE)
     notes: list[str] = []
     with pytest.raises(KeyboardInterrupt):
-        hub.fetch(remote, sha256=sha(tiny.draft), tqdm_class=_InterruptAfterTwoChunks, echo=notes.append)
+        transfer.fetch(remote, sha256=sha(tiny.draft), tqdm_class=_InterruptAfterTwoChunks, echo=notes.append)
     [partial] = partials()
     assert partial.read_bytes() == tiny.draft[: 2 * CHUNK]
     assert "run the same command again to resume" in notes[-1]
 
-    path = hub.fetch(remote, sha256=sha(tiny.draft), echo=notes.append)
+    path = transfer.fetch(remote, sha256=sha(tiny.draft), echo=notes.append)
     assert tiny.hub.content_requests()[-1].range == f"bytes={2 * CHUNK}-"
     assert path.read_bytes() == tiny.draft
     assert partials() == []
 
 
 def test_a_server_that_ignores_the_range_gets_a_clean_restart(tiny: Tiny) -> None:
-    remote = hub.remote_file(DRAFT_REPO, DRAFT_FILE)
+    remote = transfer.remote_file(DRAFT_REPO, DRAFT_FILE)
     with pytest.raises(KeyboardInterrupt):
-        hub.fetch(remote, tqdm_class=_InterruptAfterTwoChunks, echo=lambda _: None)
+        transfer.fetch(remote, tqdm_class=_InterruptAfterTwoChunks, echo=lambda _: None)
     tiny.hub.ignore_ranges = True
-    path = hub.fetch(remote, sha256=sha(tiny.draft), echo=lambda _: None)
+    path = transfer.fetch(remote, sha256=sha(tiny.draft), echo=lambda _: None)
     assert tiny.hub.content_requests()[-1].range == f"bytes={2 * CHUNK}-"  # asked, answered with 200
     assert path.read_bytes() == tiny.draft  # the kept prefix was not doubled
 
@@ -209,7 +210,7 @@ def test_any_repo_file_by_glob_is_downloaded_and_registered(tiny: Tiny, capsys) 
     assert (entry.repo, entry.file, entry.sha256) == (LLAMA_REPO, LLAMA_FILE, sha(tiny.llama))
     assert entry.revision == tiny.hub.repos[LLAMA_REPO].commit  # pinned to what was downloaded
     assert entry.context == 512  # the tiny model's training context, below the default 4096
-    assert hub.resolve_model(entry).read_bytes() == tiny.llama
+    assert hub.find_model(entry).read_bytes() == tiny.llama
 
 
 def test_local_dir_download_is_recorded_as_the_model_path(tiny: Tiny, tmp_path: Path, capsys) -> None:
@@ -218,7 +219,7 @@ def test_local_dir_download_is_recorded_as_the_model_path(tiny: Tiny, tmp_path: 
     assert code == 0, err
     assert (target_dir / DRAFT_FILE).read_bytes() == tiny.draft
     assert cached(DRAFT_REPO, DRAFT_FILE) is None  # the HF cache was not used
-    assert hub.resolve_model(load_catalog().model("tiny-draft")) == target_dir / DRAFT_FILE
+    assert hub.find_model(load_catalog().model("tiny-draft")) == target_dir / DRAFT_FILE
 
 
 def test_revision_pins_the_commit_in_the_user_catalog(tiny: Tiny, capsys) -> None:
@@ -227,7 +228,7 @@ def test_revision_pins_the_commit_in_the_user_catalog(tiny: Tiny, capsys) -> Non
     assert code == 0, err
     entry = load_catalog().model("tiny-draft")
     assert entry.revision == commit
-    assert hub.resolve_model(entry) == cached(DRAFT_REPO, DRAFT_FILE, revision=commit)
+    assert hub.find_model(entry) == cached(DRAFT_REPO, DRAFT_FILE, revision=commit)
 
 
 # -- failures: one sentence, exit 2, nothing half-usable left behind -----------------
@@ -268,7 +269,7 @@ def test_a_cached_file_that_fails_its_pin_is_taken_out_of_use(tiny: Tiny, capsys
     entry = load_catalog().model("tiny-draft")
     with pytest.raises(hub.ModelFileRejected, match="cache entry was deleted"):
         hub.verify_local(entry, path, echo=lambda _: None)
-    assert hub.resolve_model(entry) is None  # solve will not pick it up
+    assert hub.find_model(entry) is None  # solve will not pick it up
 
 
 def test_download_replaces_a_damaged_cached_file(tiny: Tiny, capsys) -> None:
@@ -281,11 +282,11 @@ def test_download_replaces_a_damaged_cached_file(tiny: Tiny, capsys) -> None:
 
 
 def test_fetch_replaces_a_damaged_blob(tiny: Tiny) -> None:
-    remote = hub.remote_file(DRAFT_REPO, DRAFT_FILE)
-    path = hub.fetch(remote, echo=lambda _: None)
+    remote = transfer.remote_file(DRAFT_REPO, DRAFT_FILE)
+    path = transfer.fetch(remote, echo=lambda _: None)
     path.resolve().write_bytes(tiny.draft[::-1])
     notes: list[str] = []
-    assert hub.fetch(remote, echo=notes.append).read_bytes() == tiny.draft
+    assert transfer.fetch(remote, echo=notes.append).read_bytes() == tiny.draft
     assert any("is not a GGUF file; downloading it again" in note for note in notes)
     assert len(tiny.hub.content_requests()) == 2
 
@@ -387,8 +388,8 @@ def test_offline_uses_the_cache_without_any_request(tiny: Tiny, capsys, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, out, _ = run(capsys, "download", "tiny")
     assert code == 0 and "tiny: ready" in out
-    paths = hub.ensure_models("tiny", load_catalog(), assume_yes=False, interactive=False)
-    assert paths["draft"] == cached(DRAFT_REPO, DRAFT_FILE)
+    ready = ensure_files(resolve_preset(load_catalog(), "tiny"), Consent())
+    assert ready.draft is not None and ready.draft.path == cached(DRAFT_REPO, DRAFT_FILE)
     assert tiny.hub.requests == []
 
 
@@ -403,29 +404,34 @@ def test_offline_names_what_is_missing(tiny: Tiny, capsys, monkeypatch) -> None:
     assert tiny.hub.requests == []
 
 
-# -- consent: ensure_models -----------------------------------------------------------------
+# -- consent: ensure_files -----------------------------------------------------------------
 
 
-def test_ensure_models_without_consent_names_models_and_command(tiny: Tiny) -> None:
+def tiny_preset(name: str = "tiny") -> ResolvedPreset:
+    return resolve_preset(load_catalog(), name)
+
+
+def test_ensure_files_without_consent_names_models_and_command(tiny: Tiny) -> None:
     with pytest.raises(UserError) as raised:
-        hub.ensure_models("tiny", load_catalog(), assume_yes=False, interactive=False)
+        ensure_files(tiny_preset(), Consent())
     message = str(raised.value)
     assert "tiny-draft, tiny-target" in message and "`specs-local download tiny`" in message
     assert tiny.hub.requests == []
 
 
-def test_ensure_models_downloads_on_a_yes_at_the_prompt(tiny: Tiny, monkeypatch) -> None:
+def test_ensure_files_downloads_on_a_yes_at_the_prompt(tiny: Tiny, monkeypatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
     with pytest.raises(UserError, match="Nothing was downloaded"):
-        hub.ensure_models("tiny", load_catalog(), assume_yes=False, interactive=True, echo=lambda _: None)
+        ensure_files(tiny_preset(), Consent(interactive=True), echo=lambda _: None)
     monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
-    paths = hub.ensure_models("tiny", load_catalog(), assume_yes=False, interactive=True, echo=lambda _: None)
-    assert set(paths) == {"draft", "target", "reward"}
-    assert paths["reward"] == paths["target"] == cached(TARGET_REPO, TARGET_FILE)
+    ready = ensure_files(tiny_preset(), Consent(interactive=True), echo=lambda _: None)
+    assert set(ready.roles) == {"draft", "target", "reward"} and ready.ready
+    assert ready.reward.path == ready.target.path == cached(TARGET_REPO, TARGET_FILE)
 
 
-def test_ensure_models_with_yes_downloads_and_checks_vocabularies(tiny: Tiny) -> None:
+def test_ensure_files_with_yes_downloads_and_checks_vocabularies(tiny: Tiny) -> None:
     with pytest.raises(VocabularyMismatch, match="Preset mixed"):
-        hub.ensure_models("mixed", load_catalog(), assume_yes=True, interactive=False, echo=lambda _: None)
-    paths = hub.ensure_models("tiny", load_catalog(), assume_yes=True, interactive=False, echo=lambda _: None)
-    assert paths["draft"].read_bytes() == tiny.draft
+        ensure_files(tiny_preset("mixed"), Consent(assume_yes=True), echo=lambda _: None)
+    ready = ensure_files(tiny_preset(), Consent(assume_yes=True), echo=lambda _: None)
+    assert ready.draft is not None and ready.draft.path is not None
+    assert ready.draft.path.read_bytes() == tiny.draft

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from app import hub
+from app import hub, transfer
 from app.config import ModelEntry, dump_toml, load_catalog
+from app.presets import resolve_preset
 from engines.base import ModelLoadError
 from engines.gguf_info import MAGIC, attention_shape, check_gguf, read_header
 
@@ -102,18 +103,18 @@ def test_resolution_order_is_path_then_models_dir_then_cache(
     data = tiny_gguf("qwen")
     fake_hub.add_repo("org/m-GGUF", {"m.gguf": data})
     entry = ModelEntry(name="m", repo="org/m-GGUF", file="m.gguf")
-    assert hub.resolve_model(entry) is None
-    in_cache = hub.fetch(hub.remote_file("org/m-GGUF", "m.gguf"), echo=lambda _: None)
-    assert hub.resolve_model(entry) == in_cache
+    assert hub.find_model(entry) is None
+    in_cache = transfer.fetch(transfer.remote_file("org/m-GGUF", "m.gguf"), echo=lambda _: None)
+    assert hub.find_model(entry) == in_cache
     in_models_dir = hub_env / "models" / "m.gguf"
     in_models_dir.parent.mkdir()
     in_models_dir.write_bytes(data)
-    assert hub.resolve_model(entry) == in_models_dir
+    assert hub.find_model(entry) == in_models_dir
     own = hub_env / "elsewhere.gguf"
     own.write_bytes(data)
-    assert hub.resolve_model(entry.model_copy(update={"path": str(own)})) == own
+    assert hub.find_model(entry.model_copy(update={"path": str(own)})) == own
     fake_hub.requests.clear()
-    hub.resolve_model(entry)
+    hub.find_model(entry)
     assert fake_hub.requests == []  # resolution never asks the network
 
 
@@ -134,4 +135,4 @@ def test_missing_models_of_a_preset_each_once(hub_env: Path, tiny_gguf: Callable
         )
     )
     catalog = load_catalog()
-    assert [m.name for m in hub.missing_models("judge-on-target", catalog)] == ["big"]
+    assert [m.name for m in resolve_preset(catalog, "judge-on-target").missing] == ["big"]

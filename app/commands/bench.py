@@ -11,8 +11,18 @@ from typing import Any
 
 import click
 
-from app.commands.solve import StopOnInterrupt, build_settings, search_options
-from app.config import Catalog, Preset, load_catalog
+from app.commands.common import (
+    Consent,
+    RuntimeOptions,
+    build_settings,
+    open_preset,
+    preset_option,
+    runtime_options,
+    search_options,
+    yes_option,
+)
+from app.commands.solve import StopOnInterrupt
+from app.config import load_catalog
 from app.errors import UserError
 from app.eval.datasets import Dataset, load_dataset
 from app.eval.report import write_report
@@ -25,6 +35,7 @@ from app.eval.runner import (
     parse_methods,
     run_bench,
 )
+from app.presets import ResolvedPreset, resolve_preset
 from app.search.settings import SearchSettings
 from app.search.types import Engines
 
@@ -36,29 +47,6 @@ class Interrupted(UserError):
     """Ctrl-C during a benchmark: finished runs are kept; exit like an interrupt."""
 
     exit_code = 130
-
-
-def open_preset_engines(
-    preset: Preset,
-    catalog: Catalog,
-    settings: SearchSettings,
-    *,
-    assume_yes: bool,
-    threads: int | None,
-    n_gpu_layers: int | None,
-) -> AbstractContextManager[Engines]:
-    """The preset's models, downloaded if needed (the seam tests replace)."""
-    from app.hub import ensure_models
-    from app.runtime import open_engines
-
-    paths = ensure_models(
-        preset,
-        catalog,
-        assume_yes=assume_yes,
-        interactive=sys.stdin.isatty(),
-        echo=lambda line: click.echo(line, err=True),
-    )
-    return open_engines(preset, catalog, settings, paths=paths, threads=threads, n_gpu_layers=n_gpu_layers)
 
 
 def dataset_options(func: Any) -> Any:
@@ -97,18 +85,17 @@ def load_problems(
 
 def bench_config(
     dataset: Dataset,
-    preset: Preset,
+    preset: ResolvedPreset,
     settings: SearchSettings,
     selection: dict[str, Any],
-    threads: int | None,
-    gpu_layers: int | None,
+    runtime: RuntimeOptions,
 ) -> dict[str, Any]:
     return {
         "dataset": {"name": dataset.name, "source": dataset.source},
         "preset": preset.name,
-        "models": preset.roles(),
+        "models": preset.preset.roles(),
         "settings": settings.model_dump(),
-        "runtime": {"threads": threads, "n_gpu_layers": gpu_layers},
+        "runtime": {"threads": runtime.threads, "n_gpu_layers": runtime.gpu_layers},
         "selection": selection,
     }
 
@@ -117,25 +104,22 @@ def run_arms(
     arms: list[Arm],
     *,
     dataset: Dataset,
-    preset: Preset,
-    catalog: Catalog,
+    preset: ResolvedPreset,
     settings: SearchSettings,
     out: Path,
     config: dict[str, Any],
     trace_dir: Path | None,
     retry_errors: bool,
     progress: bool,
-    assume_yes: bool,
-    threads: int | None,
-    gpu_layers: int | None,
+    runtime: RuntimeOptions,
+    consent: Consent,
 ) -> Outcome:
     """Run the arms and turn an interruption into exit 130 with how to resume."""
     check_draft(arms, preset.draft is not None, f"preset {preset.name}")
 
     def engines() -> AbstractContextManager[Engines]:
-        return open_preset_engines(
-            preset, catalog, settings, assume_yes=assume_yes, threads=threads, n_gpu_layers=gpu_layers
-        )
+        # Opened only when runs are left, so a finished benchmark never downloads or loads a model.
+        return open_preset(preset, settings, runtime=runtime, consent=consent)
 
     with StopOnInterrupt() as stop:
         outcome = run_bench(
@@ -189,9 +173,7 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     help="JSON Lines file, short name (gsm8k, math500, amc23, olympiadbench, aime24) or Hub id owner/name[:config[:split]].",
 )
 @click.option("--methods", default="specs,beam,greedy", show_default=True, help="Methods to compare, comma-separated.")
-@click.option(
-    "--preset", default=None, envvar="SPECS_LOCAL_PRESET", help="Preset of models.toml (default: the catalog's)."
-)
+@preset_option()
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -212,21 +194,8 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
 @click.option("--report-only", is_flag=True, help="Only rebuild the report of --out from its results.")
 @click.option("--retry-errors", is_flag=True, help="Run again the runs that failed last time.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--yes", "-y", is_flag=True, help="Download missing models of the preset without asking.")
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 512),
-    default=None,
-    envvar="SPECS_LOCAL_THREADS",
-    help="CPU threads for llama.cpp.",
-)
-@click.option(
-    "--gpu-layers",
-    type=int,
-    default=None,
-    envvar="SPECS_LOCAL_GPU_LAYERS",
-    help="Layers to offload to the GPU (default: all when the build supports it; 0 = CPU).",
-)
+@yes_option()
+@runtime_options
 def command(
     dataset: str | None,
     methods: str,
@@ -262,25 +231,23 @@ def command(
     if dataset is None:
         raise UserError("--dataset is missing; pass a JSON Lines file or a short name such as gsm8k.")
     arms = parse_methods(methods)
-    catalog = load_catalog()
-    chosen = catalog.preset(preset)
-    settings = build_settings(chosen.search, search)
+    chosen = resolve_preset(load_catalog(), preset)
+    settings = build_settings(chosen.preset.search, search)
     problems = load_problems(dataset, limit=limit, offset=offset, ids=ids, shuffle=shuffle, seed=settings.seed)
     selection = {"limit": limit, "offset": offset, "ids": ids, "shuffle": shuffle}
-    config = bench_config(problems, chosen, settings, selection, threads, gpu_layers)
+    runtime = RuntimeOptions(threads, gpu_layers)
+    config = bench_config(problems, chosen, settings, selection, runtime)
     run_arms(
         arms,
         dataset=problems,
         preset=chosen,
-        catalog=catalog,
         settings=settings,
         out=out,
         config=config,
         trace_dir=trace_dir,
         retry_errors=retry_errors,
         progress=not no_progress,
-        assume_yes=yes,
-        threads=threads,
-        gpu_layers=gpu_layers,
+        runtime=runtime,
+        consent=Consent(assume_yes=yes, interactive=sys.stdin.isatty()),
     )
     print_summary(write_report(out, reference), out)

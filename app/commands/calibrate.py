@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,15 @@ import click
 import platformdirs
 
 from app.commands import bench
-from app.commands.solve import build_settings, search_options
+from app.commands.common import (
+    Consent,
+    RuntimeOptions,
+    build_settings,
+    preset_option,
+    runtime_options,
+    search_options,
+    yes_option,
+)
 from app.config import load_catalog, user_config_path, write_user_overrides
 from app.errors import UserError
 from app.eval.calibrate import (
@@ -22,6 +31,7 @@ from app.eval.calibrate import (
     table,
 )
 from app.eval.report import write_report
+from app.presets import resolve_preset
 
 GRID_FLAGS = {"beta": "--betas", "tau_accept": "--tau-accepts", "tau_switch": "--tau-switches"}
 
@@ -39,9 +49,7 @@ def default_out(preset: str, dataset: str) -> Path:
     envvar="SPECS_LOCAL_DATASET",
     help="JSON Lines file, short name or Hub id to calibrate on.",
 )
-@click.option(
-    "--preset", default=None, envvar="SPECS_LOCAL_PRESET", help="Preset to calibrate (default: the catalog's)."
-)
+@preset_option("Preset to calibrate (default: the catalog's).")
 @bench.dataset_options
 @click.option("--betas", default="5,10,20", show_default=True, help="Values of beta to try.")
 @click.option("--tau-accepts", default="5,7,9", show_default=True, help="Values of tau_accept to try.")
@@ -60,22 +68,9 @@ def default_out(preset: str, dataset: str) -> Path:
 )
 @search_options
 @click.option("--dry-run", is_flag=True, help="Print the table and the choice; write nothing.")
-@click.option("--yes", "-y", is_flag=True, help="Save the choice (and download missing models) without asking.")
+@yes_option("Save the choice (and download missing models) without asking.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 512),
-    default=None,
-    envvar="SPECS_LOCAL_THREADS",
-    help="CPU threads for llama.cpp.",
-)
-@click.option(
-    "--gpu-layers",
-    type=int,
-    default=None,
-    envvar="SPECS_LOCAL_GPU_LAYERS",
-    help="Layers to offload to the GPU (default: all when the build supports it; 0 = CPU).",
-)
+@runtime_options
 def command(
     dataset: str,
     preset: str | None,
@@ -115,16 +110,16 @@ def command(
         parse_values("--tau-accepts", tau_accepts),
         parse_values("--tau-switches", tau_switches),
     )
-    catalog = load_catalog()
-    chosen_preset = catalog.preset(preset)
-    settings = build_settings(chosen_preset.search, search)
+    chosen_preset = resolve_preset(load_catalog(), preset)
+    settings = build_settings(chosen_preset.preset.search, search)
     for arm in arms[1:]:
         build_settings(settings.model_dump(), arm.overrides)  # a bad grid value fails before any model loads
     limit = 20 if limit is None and not ids else limit
     problems = bench.load_problems(dataset, limit=limit, offset=offset, ids=ids, shuffle=shuffle, seed=settings.seed)
     out = out or default_out(chosen_preset.name, dataset)
     selection = {"limit": limit, "offset": offset, "ids": ids, "shuffle": shuffle}
-    config = bench.bench_config(problems, chosen_preset, settings, selection, threads, gpu_layers)
+    runtime = RuntimeOptions(threads, gpu_layers)
+    config = bench.bench_config(problems, chosen_preset, settings, selection, runtime)
     # Every SPECS arm sets the swept values itself, so the preset's own (say, from
     # an earlier calibration) do not change what the sweep's results mean.
     config["settings"] = {k: v for k, v in config["settings"].items() if k not in SWEPT}
@@ -137,16 +132,14 @@ def command(
         arms,
         dataset=problems,
         preset=chosen_preset,
-        catalog=catalog,
         settings=settings,
         out=out,
         config=config,
         trace_dir=None,
         retry_errors=False,
         progress=not no_progress,
-        assume_yes=yes,
-        threads=threads,
-        gpu_layers=gpu_layers,
+        runtime=runtime,
+        consent=Consent(assume_yes=yes, interactive=sys.stdin.isatty()),
     )
 
     summary = write_report(out, reference="beam")

@@ -11,8 +11,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from app import hub
-from app.config import Catalog, ModelEntry, Preset, load_catalog
+from app.config import Catalog, load_catalog
+from app.hub import format_size
+from app.presets import ModelInstance, ResolvedPreset, resolve_preset
 from app.runtime import sequence_capacity
 from engines import system
 from engines.base import ModelLoadError
@@ -73,8 +74,8 @@ def examine(catalog: Catalog) -> dict[str, Any]:
     gpus = system.nvidia_gpus()
     budget = _budget(build, memory, gpus)
     presets = {}
-    for name, preset in catalog.presets.items():
-        needs = preset_needs(preset, catalog)
+    for name in catalog.presets:
+        needs = preset_needs(resolve_preset(catalog, name))
         total = sum(n.weights + n.kv_cache + n.logits for n in needs)
         presets[name] = {
             "total": total,
@@ -100,21 +101,15 @@ def examine(catalog: Catalog) -> dict[str, Any]:
     }
 
 
-def preset_needs(preset: Preset, catalog: Catalog) -> list[ModelNeed]:
+def preset_needs(preset: ResolvedPreset) -> list[ModelNeed]:
     """The model instances app.runtime.open_engines creates for a preset, sized."""
-    rows = sequence_capacity(preset.settings())
-    # Mirrors open_engines: the target, a context of the draft's own, and the
-    # reward model unless it is the target (a judge on the target shares it).
-    instances: dict[str, tuple[str, list[str]]] = {preset.target: (preset.target, ["target"])}
-    if preset.draft:
-        instances["draft:" + preset.draft] = (preset.draft, ["draft"])
-    instances.setdefault(preset.reward.model, (preset.reward.model, []))[1].append("reward")
-    return [_model_need(catalog.model(model), tuple(roles), rows) for model, roles in instances.values()]
+    rows = sequence_capacity(preset.preset.settings())
+    return [_model_need(instance, rows) for instance in preset.instances()]
 
 
-def _model_need(entry: ModelEntry, roles: tuple[str, ...], n_seq_max: int) -> ModelNeed:
+def _model_need(instance: ModelInstance, n_seq_max: int) -> ModelNeed:
+    entry, path, roles = instance.entry, instance.path, instance.roles
     output_rows = max(n_seq_max, _MIN_OUTPUT_ROWS)
-    path = hub.resolve_model(entry)
     if path is not None:
         try:
             header = read_header(path)
@@ -200,7 +195,7 @@ def _advice(build: system.LlamaBuild | None, build_error: str | None) -> list[st
 
 
 def _print(report: dict[str, Any]) -> None:
-    size = hub.format_size
+    size = format_size
     llama = report["llama_cpp"]
     click.echo("llama.cpp")
     if llama["available"]:

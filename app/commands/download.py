@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 
-from app import hub
-from app.config import Catalog, ModelEntry, Preset, load_catalog
+from app import hub, transfer
+from app.commands.common import echo_err
+from app.config import Catalog, ModelEntry, load_catalog, write_user_overrides
 from app.errors import UserError
+from app.presets import ResolvedPreset, check_vocabulary, resolve_preset
 from engines.gguf_info import read_header
 
 # The context a newly registered model gets, unless it was trained on less.
@@ -21,7 +23,7 @@ class Request:
     """What the arguments ask for: catalog entries (each once) and the presets they came from."""
 
     entries: list[ModelEntry] = field(default_factory=list)
-    presets: list[Preset] = field(default_factory=list)
+    presets: list[ResolvedPreset] = field(default_factory=list)
     new_model: bool = False  # a REPO_ID --file download that is not in the catalog yet
 
     def add(self, entry: ModelEntry) -> None:
@@ -75,26 +77,26 @@ def command(
     """
     catalog = load_catalog()
     request = _request(catalog, targets, file_pattern, revision, name)
-    destination = hub.Destination(local_dir.expanduser().resolve() if local_dir else None)
+    destination = transfer.Destination(local_dir.expanduser().resolve() if local_dir else None)
     if dry_run:
         _show_plan(request, destination)
         return
 
     paths, to_download, never_downloaded = _sort_out(request.entries, destination)
-    for item in hub.download_models(to_download, destination=destination):
+    for item in transfer.download_models(to_download, destination=destination, echo=echo_err):
         paths[item.entry.name] = item.path
         _record(catalog, item, destination, request.new_model)
     for entry in request.entries:
         if entry.name in paths:
             click.echo(f"{entry.name}: {paths[entry.name]}")
     for preset in request.presets:
-        _check_vocabulary(preset, paths)
+        _check_vocabulary(preset.with_files(paths))
     if never_downloaded:
         raise UserError(hub.where_to_put(never_downloaded))
 
 
 def _sort_out(
-    entries: list[ModelEntry], destination: hub.Destination
+    entries: list[ModelEntry], destination: transfer.Destination
 ) -> tuple[dict[str, Path], list[ModelEntry], list[ModelEntry]]:
     """Models already here (verified), models to download, and models that are never downloaded."""
     paths: dict[str, Path] = {}
@@ -104,7 +106,7 @@ def _sort_out(
         path = _present(entry, destination)
         if path is not None:
             try:
-                hub.verify_local(entry, path)
+                hub.verify_local(entry, path, echo=echo_err)
             except hub.ModelFileRejected as exc:
                 if not entry.repo:
                     raise
@@ -116,12 +118,11 @@ def _sort_out(
     return paths, to_download, never_downloaded
 
 
-def _check_vocabulary(preset: Preset, paths: dict[str, Path]) -> None:
+def _check_vocabulary(preset: ResolvedPreset) -> None:
     """Said now rather than when solve loads the models (VocabularyMismatch exits 2)."""
-    roles = preset.roles()
-    if not all(model in paths for model in roles.values()):
+    if not preset.ready:
         return  # a model is missing; that is reported on its own
-    note = hub.check_preset_vocabulary(preset, {role: paths[model] for role, model in roles.items()})
+    note = check_vocabulary(preset)
     if note:
         click.echo(note, err=True)
     else:
@@ -142,7 +143,7 @@ def _request(
                 "--file goes with exactly one REPO_ID, e.g. bartowski/Qwen2.5-Math-7B-Instruct-GGUF."
             )
         repo = targets[0]
-        file = hub.match_repo_file(repo, file_pattern, revision or "main")
+        file = transfer.match_repo_file(repo, file_pattern, revision or "main")
         entry, request.new_model = _repo_entry(catalog, repo, file, revision, name)
         request.add(entry)
         return request
@@ -150,10 +151,10 @@ def _request(
         raise click.UsageError("--name goes with a REPO_ID and --file.")
     for target in targets:
         if target in catalog.presets:
-            preset = catalog.presets[target]
+            preset = resolve_preset(catalog, target)
             request.presets.append(preset)
-            for model in preset.roles().values():
-                request.add(catalog.models[model])
+            for role in preset.models:
+                request.add(role.entry)
         elif target in catalog.models:
             request.add(catalog.models[target])
         elif "/" in target:
@@ -187,14 +188,14 @@ def _repo_entry(
     return ModelEntry(name=name, repo=repo, file=file, revision=revision or "main"), True
 
 
-def _present(entry: ModelEntry, destination: hub.Destination) -> Path | None:
+def _present(entry: ModelEntry, destination: transfer.Destination) -> Path | None:
     if destination.local_dir is not None and entry.repo:
         path = destination.local_dir / entry.file
         return path if path.is_file() else None
-    return hub.resolve_model(entry)
+    return hub.find_model(entry)
 
 
-def _record(catalog: Catalog, item: hub.Fetched, destination: hub.Destination, new_model: bool) -> None:
+def _record(catalog: Catalog, item: transfer.Fetched, destination: transfer.Destination, new_model: bool) -> None:
     """Write to the user catalog what solve needs to find this download again."""
     entry, remote = item.entry, item.remote
     fields: dict[str, object] = {}
@@ -215,12 +216,12 @@ def _record(catalog: Catalog, item: hub.Fetched, destination: hub.Destination, n
     if destination.local_dir is not None:
         fields["path"] = str(item.path)
     if fields:
-        written = hub.remember(entry.name, fields)
+        written = write_user_overrides({"models": {entry.name: fields}})
         what = "registered" if new_model else "recorded " + ", ".join(fields)
         click.echo(f"{entry.name}: {what} in {written}", err=True)
 
 
-def _show_plan(request: Request, destination: hub.Destination) -> None:
+def _show_plan(request: Request, destination: transfer.Destination) -> None:
     total = 0
     for entry in request.entries:
         path = _present(entry, destination)
@@ -233,7 +234,7 @@ def _show_plan(request: Request, destination: hub.Destination) -> None:
             click.echo(f"{entry.name}: not downloaded, about {size} (offline: the size models.toml gives)")
             total += entry.size or 0
         else:
-            remote = hub.remote_file(entry.repo, entry.file, entry.revision)
+            remote = transfer.remote_file(entry.repo, entry.file, entry.revision)
             partial = destination.partial_bytes(remote)
             resumed = f", {hub.format_size(partial)} already here" if partial else ""
             click.echo(
@@ -242,5 +243,5 @@ def _show_plan(request: Request, destination: hub.Destination) -> None:
             )
             total += destination.needed_bytes(remote)
     directory = destination.directory()
-    free = hub.free_bytes(directory)
+    free = transfer.free_bytes(directory)
     click.echo(f"to download: {hub.format_size(total)}; {hub.format_size(free)} free in {directory}")

@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from app import hub
 from app.config import Catalog, ModelEntry, load_catalog, models_dir, user_config_path
+from app.hub import find_model, format_size, hub_cache_dir, quantisation
+from app.presets import resolve_preset
 
 
 @click.command(
@@ -33,7 +34,7 @@ def command(as_json: bool, paths: bool) -> None:
             "user_config": str(user_config_path()),
             "user_config_exists": user_config_path().is_file(),
             "models_dir": str(models_dir()),
-            "hf_cache": str(hub.hub_cache_dir()),
+            "hf_cache": str(hub_cache_dir()),
         }
         if as_json:
             click.echo(json.dumps(places, indent=2))
@@ -53,18 +54,22 @@ def command(as_json: bool, paths: bool) -> None:
 
 def describe(catalog: Catalog) -> dict[str, Any]:
     """Presets and models as plain data (what `--json` prints)."""
-    found = {name: hub.resolve_model(entry) for name, entry in catalog.models.items()}
+    resolved = [resolve_preset(catalog, name) for name in catalog.presets]
+    found = {role.entry.name: role.path for preset in resolved for role in preset.models}
+    for name, entry in catalog.models.items():
+        if name not in found:  # in no preset
+            found[name] = find_model(entry)
     models = {name: _model_info(entry, found[name], catalog) for name, entry in catalog.models.items()}
     presets = {
-        name: {
-            "description": preset.description,
-            "default": name == catalog.default_preset,
-            "method": preset.method,
-            "roles": preset.roles(),
-            "reward_kind": preset.reward.kind,
-            "ready": all(found[model] is not None for model in preset.roles().values()),
+        preset.name: {
+            "description": preset.preset.description,
+            "default": preset.name == catalog.default_preset,
+            "method": preset.preset.method,
+            "roles": preset.preset.roles(),
+            "reward_kind": preset.preset.reward.kind,
+            "ready": preset.ready,
         }
-        for name, preset in catalog.presets.items()
+        for preset in resolved
     }
     return {"default_preset": catalog.default_preset, "presets": presets, "models": models}
 
@@ -74,7 +79,7 @@ def _model_info(entry: ModelEntry, path: Path | None, catalog: Catalog) -> dict[
         "repo": entry.repo,
         "file": entry.file,
         "revision": entry.revision,
-        "quantisation": hub.quantisation(entry.file),
+        "quantisation": quantisation(entry.file),
         "size": path.stat().st_size if path else entry.size,
         "present": path is not None,
         "path": str(path) if path else None,
@@ -110,7 +115,7 @@ def _model_cells(catalog: Catalog, info: dict[str, Any], model: str, preset: str
     """The model with where its file is (or how to get it), its quantisation and size (~: from the catalog)."""
     quant = info["quantisation"] or "?"
     if info["present"]:
-        return [f"{escape(model)}\n[green]{escape(_home(info['path']))}[/]", quant, hub.format_size(info["size"])]
+        return [f"{escape(model)}\n[green]{escape(_home(info['path']))}[/]", quant, format_size(info["size"])]
     entry = catalog.models[model]
     if entry.repo:
         fix = f"run `specs-local download {preset or model}`"
@@ -118,7 +123,7 @@ def _model_cells(catalog: Catalog, info: dict[str, Any], model: str, preset: str
         fix = f"put it in {_home(str(models_dir()))}"
     else:
         fix = f"not at {entry.path}"
-    size = f"~{hub.format_size(info['size'])}" if info["size"] else "?"
+    size = f"~{format_size(info['size'])}" if info["size"] else "?"
     return [f"{escape(model)}\n[red]missing:[/] {escape(fix)}", quant, size]
 
 

@@ -6,72 +6,29 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
+from app.commands.common import (
+    Consent,
+    RuntimeOptions,
+    build_settings,
+    method_option,
+    open_preset,
+    preset_option,
+    runtime_options,
+    search_options,
+    yes_option,
+)
 from app.config import load_catalog
 from app.errors import UserError
+from app.presets import resolve_preset
 from app.render import unboxed_answer
 from app.search.events import Deferred, Event, Finished, StepAccepted, SwitchedToDraft
-from app.search.settings import METHODS, SearchSettings
-
-SEARCH_OPTIONS: list[tuple[str, str, Any, str]] = [
-    # (flag, settings field, click type, help)
-    ("--n", "n", click.INT, "Candidates per step (drafts in SPECS, expansions in beam search)."),
-    ("--beam-width", "beam_width", click.INT, "Prefixes kept after each step (m; 1 is the paper)."),
-    ("--temperature", "temperature", click.FLOAT, "Sampling temperature (also SPECS's acceptance temperature)."),
-    ("--top-p", "top_p", click.FLOAT, "Nucleus sampling mass."),
-    ("--beta", "beta", click.FLOAT, "Reward weight in SPECS's tilted score."),
-    ("--tau-accept", "tau_accept", click.FLOAT, "SPECS accepts drafts whose tilted score is above this."),
-    (
-        "--tau-switch",
-        "tau_switch",
-        click.FLOAT,
-        "SPECS returns to the draft after a target step with a reward above this.",
-    ),
-    ("--rsd-delta", "rsd_delta", click.FLOAT, "RSD keeps a draft step with a reward of at least this."),
-    (
-        "--result-check",
-        "result_check",
-        click.FLOAT,
-        "Scale a step's reward down when the target doubts a result after '=' (probability below this; 0 is off).",
-    ),
-    ("--max-steps", "max_steps", click.INT, "Most reasoning steps per solution."),
-    ("--max-step-tokens", "max_step_tokens", click.INT, "Most tokens per step."),
-    ("--logprob-norm", "logprob_norm", click.Choice(["mean", "sum"]), "Length normalisation of the log-ratio."),
-    (
-        "--answer-selection",
-        "answer_selection",
-        click.Choice(["best", "vote"]),
-        "Best completed candidate, or a reward-weighted vote.",
-    ),
-    ("--seed", "seed", click.INT, "Random seed: the same seed gives the same search."),
-]
-
-
-def search_options(func: Any) -> Any:
-    """The search parameters as options with SPECS_LOCAL_* twins (shared by
-    `solve`, the app and `bench`)."""
-    for flag, field, kind, help_text in reversed(SEARCH_OPTIONS):
-        env = "SPECS_LOCAL_" + field.upper()
-        func = click.option(flag, field, type=kind, default=None, envvar=env, help=help_text)(func)
-    return func
-
-
-def build_settings(preset_search: dict[str, Any], given: dict[str, Any]) -> SearchSettings:
-    values = {**preset_search, **{k: v for k, v in given.items() if v is not None}}
-    try:
-        return SearchSettings(**values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = first["loc"][0] if first["loc"] else ""
-        flag = "--" + str(field).replace("_", "-") if field else "the search settings"
-        message = first["msg"].removeprefix("Value error, ")
-        raise UserError(f"Invalid {flag}: {message}.") from None
 
 
 class StepPrinter:
@@ -161,37 +118,16 @@ def read_question(question: str) -> str:
 
 @click.command("solve")
 @click.argument("question")
-@click.option(
-    "--method",
-    type=click.Choice(METHODS),
-    default=None,
-    envvar="SPECS_LOCAL_METHOD",
-    help="Search method (default: the preset's, usually specs).",
-)
-@click.option(
-    "--preset", default=None, envvar="SPECS_LOCAL_PRESET", help="Preset of models.toml (default: the catalog's)."
-)
+@method_option("Search method (default: the preset's, usually specs).")
+@preset_option()
 @search_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (answer, steps, stats) and nothing else.")
 @click.option(
     "--trace", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write every event as JSON Lines."
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only the answer and the stats line.")
-@click.option("--yes", "-y", is_flag=True, help="Download missing models of the preset without asking.")
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 512),
-    default=None,
-    envvar="SPECS_LOCAL_THREADS",
-    help="CPU threads for llama.cpp.",
-)
-@click.option(
-    "--gpu-layers",
-    type=int,
-    default=None,
-    envvar="SPECS_LOCAL_GPU_LAYERS",
-    help="Layers to offload to the GPU (default: all when the build supports it; 0 = CPU).",
-)
+@yes_option()
+@runtime_options
 def command(
     question: str,
     method: str | None,
@@ -212,45 +148,36 @@ def command(
       specs-local solve "What is 12 + 30?" --method beam --n 8 --json
       specs-local solve - --trace run.jsonl < problem.txt
     """
-    from app.hub import ensure_models
     from app.render import stats_footer
-    from app.runtime import open_engines
     from app.search import run
     from app.search.trace import TraceWriter
 
     question = read_question(question)
-    catalog = load_catalog()
-    chosen = catalog.preset(preset)
-    method = method or chosen.method
-    settings = build_settings(chosen.search, search)
-    paths = ensure_models(
-        chosen,
-        catalog,
-        assume_yes=yes,
-        interactive=sys.stdin.isatty() and not as_json,
-        echo=lambda line: click.echo(line, err=True),
-    )
+    chosen = resolve_preset(load_catalog(), preset)
+    method = method or chosen.preset.method
+    settings = build_settings(chosen.preset.search, search)
+    consent = Consent(assume_yes=yes, interactive=sys.stdin.isatty() and not as_json)
 
     printer = StepPrinter(quiet=quiet or as_json)
-    sinks = [printer]
-    writer = TraceWriter(trace) if trace else None
-    if writer:
-        sinks.append(writer)
-
-    def emit(event: Event) -> None:
-        for sink in sinks:
-            sink(event)
-
-    try:
-        with open_engines(chosen, catalog, settings, paths=paths, threads=threads, n_gpu_layers=gpu_layers) as engines:
-            try:
-                with StopOnInterrupt() as stop:
-                    finished = run(method, question, engines, settings, emit=emit, should_stop=stop)
-            except ValueError as exc:  # the search's one-sentence refusals (empty question, no draft)
-                raise UserError(str(exc)) from None
-    finally:
+    runtime = RuntimeOptions(threads, gpu_layers)
+    with open_preset(chosen, settings, runtime=runtime, consent=consent) as engines:
+        sinks: list[Callable[[Event], None]] = [printer]
+        writer = TraceWriter(trace) if trace else None
         if writer:
-            writer.close()
+            sinks.append(writer)
+
+        def emit(event: Event) -> None:
+            for sink in sinks:
+                sink(event)
+
+        try:
+            with StopOnInterrupt() as stop:
+                finished = run(method, question, engines, settings, emit=emit, should_stop=stop)
+        except ValueError as exc:  # the search's one-sentence refusals (empty question, no draft)
+            raise UserError(str(exc)) from None
+        finally:
+            if writer:
+                writer.close()
 
     if as_json:
         click.echo(result_json(finished, printer.steps, method, chosen.name))

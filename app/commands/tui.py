@@ -8,59 +8,45 @@ from typing import Any
 
 import click
 
-from app.commands.solve import build_settings, search_options
-from app.config import Catalog, Preset, load_catalog
-from app.search.settings import METHODS, SearchSettings
+from app.commands.common import (
+    Consent,
+    RuntimeOptions,
+    build_settings,
+    method_option,
+    open_preset,
+    preset_option,
+    runtime_options,
+    search_options,
+)
+from app.config import Catalog, ModelEntry, Preset, load_catalog
+from app.presets import resolve_preset
+from app.search.settings import SearchSettings
 from app.search.types import Engines
+from app.tui.engines import EnginesFactory
 
 
-def local_engines(threads: int | None, gpu_layers: int | None):  # type: ignore[no-untyped-def]
+def local_engines(runtime: RuntimeOptions) -> EnginesFactory:
     """The factory the app opens a preset's GGUF models with."""
 
     @contextmanager
-    def open_preset(preset: Preset, catalog: Catalog, settings: SearchSettings) -> Iterator[Engines]:
-        from app.hub import ensure_models
-        from app.runtime import open_engines
-
-        # The app checks for missing models before it gets here, so this only
-        # resolves paths; it never prompts (the terminal belongs to the app).
-        paths = ensure_models(preset, catalog, assume_yes=False, interactive=False, echo=lambda line: None)
-        with open_engines(preset, catalog, settings, paths=paths, threads=threads, n_gpu_layers=gpu_layers) as engines:
+    def open_local(preset: Preset, catalog: Catalog, settings: SearchSettings) -> Iterator[Engines]:
+        # The app checks for missing models before it gets here, so this never
+        # downloads or prompts (the terminal belongs to the app).
+        with open_preset(resolve_preset(catalog, preset), settings, runtime=runtime, consent=Consent()) as engines:
             yield engines
 
-    return open_preset
+    return open_local
 
 
-def missing_models(preset: Preset, catalog: Catalog) -> list[Any]:
-    from app.hub import missing_models as find_missing
-
-    return list(find_missing(preset, catalog))
+def missing_models(preset: Preset, catalog: Catalog) -> list[ModelEntry]:
+    return resolve_preset(catalog, preset).missing
 
 
 @click.command("tui")
-@click.option("--preset", default=None, envvar="SPECS_LOCAL_PRESET", help="Preset of models.toml to start with.")
-@click.option(
-    "--method",
-    type=click.Choice(METHODS),
-    default=None,
-    envvar="SPECS_LOCAL_METHOD",
-    help="Search method to start with (default: the preset's).",
-)
+@preset_option("Preset of models.toml to start with.")
+@method_option("Search method to start with (default: the preset's).")
 @search_options
-@click.option(
-    "--threads",
-    type=click.IntRange(1, 512),
-    default=None,
-    envvar="SPECS_LOCAL_THREADS",
-    help="CPU threads for llama.cpp.",
-)
-@click.option(
-    "--gpu-layers",
-    type=int,
-    default=None,
-    envvar="SPECS_LOCAL_GPU_LAYERS",
-    help="Layers to offload to the GPU (default: all when the build supports it; 0 = CPU).",
-)
+@runtime_options
 def command(preset: str | None, method: str | None, threads: int | None, gpu_layers: int | None, **search: Any) -> None:
     """Open the interactive app: type a question, watch the draft propose steps,
     the target and the reward model judge them, and SPECS defer or accept.
@@ -82,7 +68,7 @@ def command(preset: str | None, method: str | None, threads: int | None, gpu_lay
         catalog,
         preset=chosen.name,
         method=method,
-        engines_factory=local_engines(threads, gpu_layers),
+        engines_factory=local_engines(RuntimeOptions(threads, gpu_layers)),
         missing_models=missing_models,
         settings=lambda p: build_settings(p.search, search),
         history_path=default_history_path(),

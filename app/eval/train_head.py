@@ -1,0 +1,203 @@
+"""Training a value head for a target: rollouts, features, fit, report.
+
+Everything expensive is kept in a work folder beside the head file
+(`HEAD.work/`), so an interrupted run resumes where it stopped:
+
+- `rollouts.jsonl`: the sampled solutions (see `app.eval.rollouts`);
+- `features/NNNN.npz`: the target's hidden state and the comparison signals
+  of every step, a file per batch of rollouts;
+- `judge.json`: the judge's reward of held-out steps, for the AUC table.
+
+The fit itself takes seconds and is redone each run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.eval.datasets import Problem
+from app.eval.head_features import StepFeatures, rollout_features
+from app.eval.head_fit import auc_table, fit_head, split_by_problem
+from app.eval.rollouts import Rollout, RolloutPlan, read_rollouts, sample_rollouts
+from engines.base import LanguageModel, RewardModel, RewardQuery, StopFn
+from engines.value_head import ValueHead
+
+# Rollouts whose features go in one file: small enough to lose little on Ctrl-C.
+FEATURE_BATCH = 16
+# Held-out steps the judge scores for the comparison (it costs a model call each).
+JUDGE_STEPS = 300
+JUDGE_BATCH = 8
+
+
+@dataclass(frozen=True)
+class HeadReport:
+    head: ValueHead
+    table: dict[str, dict[str, float | int | None]]
+    problems: dict[str, int]  # train / valid / test problem counts
+    steps: dict[str, int]
+    l2: float
+
+    def lines(self) -> list[str]:
+        out = [
+            f"problems: {self.problems['train']} train, {self.problems['valid']} validation, "
+            f"{self.problems['test']} held out; steps {self.steps['train']} / {self.steps['valid']} / {self.steps['test']}; "
+            f"L2 {self.l2:g}",
+            "",
+            "| signal (held-out problems' steps) | AUC | steps |",
+            "| --- | ---: | ---: |",
+        ]
+        for name, row in self.table.items():
+            value = row["auc"]
+            out.append(f"| {name} | {'-' if value is None else f'{value:.3f}'} | {row['steps']} |")
+        return out
+
+
+@dataclass
+class Progress:
+    """What a caller shows: phase names and counts."""
+
+    phase: Callable[[str, int, int], None] = lambda name, total, done: None
+    advance: Callable[[int], None] = lambda n: None
+
+
+@dataclass
+class HeadTraining:
+    work: Path
+    problems: Sequence[Problem]
+    plans: Sequence[RolloutPlan]
+    progress: Progress = field(default_factory=Progress)
+    should_stop: StopFn | None = None
+
+    @property
+    def rollouts_path(self) -> Path:
+        return self.work / "rollouts.jsonl"
+
+    def sample(self, models: dict[str, LanguageModel]) -> list[Rollout]:
+        self.work.mkdir(parents=True, exist_ok=True)
+        done = {(r.problem, r.plan) for r in read_rollouts(self.rollouts_path)}
+        todo = [(plan, p) for plan in self.plans for p in self.problems if (p.id, plan.key) not in done]
+        self.progress.phase(
+            "rollouts", len(self.problems) * len(self.plans), len(self.problems) * len(self.plans) - len(todo)
+        )
+        # Plan by plan, a few problems at a time: every plan has data early on.
+        chunk = 4
+        for start in range(0, len(self.problems), chunk):
+            for plan in self.plans:
+                problems = self.problems[start : start + chunk]
+                for _ in sample_rollouts(
+                    models[plan.source], problems, plan, self.rollouts_path, should_stop=self.should_stop
+                ):
+                    self.progress.advance(1)
+        wanted = {p.id for p in self.problems}
+        keys = {plan.key for plan in self.plans}
+        return [r for r in read_rollouts(self.rollouts_path) if r.problem in wanted and r.plan in keys]
+
+    def features(self, target: LanguageModel, rollouts: Sequence[Rollout]) -> StepFeatures:
+        folder = self.work / "features"
+        folder.mkdir(parents=True, exist_ok=True)
+        parts = [StepFeatures.load(f) for f in sorted(folder.glob("*.npz"))]
+        seen = {key.rsplit("/", 1)[0] for part in parts for key in part.keys}
+        todo = [r for r in rollouts if f"{r.problem}/{r.plan}/{r.sample}" not in seen and r.steps]
+        self.progress.phase("features", len(rollouts), len(rollouts) - len(todo))
+        questions = {p.id: p.problem for p in self.problems}
+        index = len(parts)
+        for start in range(0, len(todo), FEATURE_BATCH):
+            batch = []
+            for rollout in todo[start : start + FEATURE_BATCH]:
+                batch.append(
+                    rollout_features(target, questions[rollout.problem], rollout, should_stop=self.should_stop)
+                )
+                self.progress.advance(1)
+            part = StepFeatures.concat(batch)
+            part.save(folder / f"{index:04d}.npz")
+            parts.append(part)
+            index += 1
+        wanted = {f"{r.problem}/{r.plan}/{r.sample}" for r in rollouts}
+        merged = StepFeatures.concat(parts)
+        keep = np.array([key.rsplit("/", 1)[0] in wanted for key in merged.keys])
+        return _select(merged, keep)
+
+    def judge(
+        self, reward: RewardModel, features: StepFeatures, rows: np.ndarray, rollouts: Sequence[Rollout]
+    ) -> np.ndarray:
+        """The judge's reward of up to JUDGE_STEPS of `rows` (NaN elsewhere), cached."""
+        path = self.work / "judge.json"
+        cache: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+        by_key = {f"{r.problem}/{r.plan}/{r.sample}": r for r in rollouts}
+        questions = {p.id: p.problem for p in self.problems}
+        chosen = np.flatnonzero(rows)
+        if len(chosen) > JUDGE_STEPS:
+            chosen = np.sort(np.random.default_rng(0).choice(chosen, JUDGE_STEPS, replace=False))
+        todo = [i for i in chosen if features.keys[i] not in cache]
+        self.progress.phase("judge", len(chosen), len(chosen) - len(todo))
+        for start in range(0, len(todo), JUDGE_BATCH):
+            batch = todo[start : start + JUDGE_BATCH]
+            queries = []
+            for i in batch:
+                rollout_key, step = features.keys[i].rsplit("/", 1)
+                rollout, k = by_key[rollout_key], int(step)
+                queries.append(RewardQuery(questions[rollout.problem], tuple(rollout.steps[:k]), rollout.steps[k]))
+            for i, value in zip(batch, reward.score(queries, should_stop=self.should_stop), strict=True):
+                cache[features.keys[i]] = value
+            self.progress.advance(len(batch))
+            path.write_text(json.dumps(cache))
+        out = np.full(len(features.keys), math.nan)
+        for i in chosen:
+            out[i] = cache[features.keys[i]]
+        return out
+
+
+def fit_and_report(
+    features: StepFeatures,
+    *,
+    model_sha256: str,
+    judge: Callable[[np.ndarray], np.ndarray] | None = None,
+    info: dict[str, Any] | None = None,
+) -> HeadReport:
+    """Fit the head and measure it against the other signals on held-out problems."""
+    split = split_by_problem(features.problems)
+    fit = fit_head(features.states.astype(np.float64), features.labels, split)
+    head = ValueHead(fit.weight, fit.bias, fit.mean, fit.std, model_sha256)
+    signals: dict[str, np.ndarray] = {"value head": head.logits(features.states.astype(np.float64))}
+    if judge is not None:
+        signals["judge (reward model)"] = judge(split.test)
+    signals["mean target log-probability"] = features.mean_logprob
+    signals["arithmetic check probability"] = features.result_prob
+    table = auc_table(signals, features.labels, split.test)
+    problems = {
+        name: len({p for p, keep in zip(features.problems, rows) if keep})
+        for name, rows in (("train", split.train), ("valid", split.valid), ("test", split.test))
+    }
+    steps = {"train": int(split.train.sum()), "valid": int(split.valid.sum()), "test": int(split.test.sum())}
+    full_info = {
+        **(info or {}),
+        "problems": problems,
+        "steps": steps,
+        "positive_rate": float(features.labels.mean()),
+        "l2": fit.l2,
+        "validation_auc": {f"{k:g}": v for k, v in fit.valid_auc.items()},
+        "held_out_auc": table,
+    }
+    head = ValueHead(fit.weight, fit.bias, fit.mean, fit.std, model_sha256, full_info)
+    return HeadReport(head, table, problems, steps, fit.l2)
+
+
+def _select(features: StepFeatures, keep: np.ndarray) -> StepFeatures:
+    idx = np.flatnonzero(keep)
+    return StepFeatures(
+        states=features.states[idx],
+        labels=features.labels[idx],
+        problems=[features.problems[i] for i in idx],
+        plans=[features.plans[i] for i in idx],
+        step_index=features.step_index[idx],
+        mean_logprob=features.mean_logprob[idx],
+        result_prob=features.result_prob[idx],
+        keys=[features.keys[i] for i in idx],
+    )
