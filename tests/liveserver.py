@@ -6,8 +6,10 @@ sequences) while it talks to it over HTTP like any client.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -34,6 +36,22 @@ def live_server(app: ASGIApp) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         assert not thread.is_alive(), "the server did not stop"
+
+
+def health(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url + "/health", timeout=10) as response:
+        return json.load(response)
+
+
+def wait_idle(url: str, within: float) -> float:
+    """Seconds until the server runs no search and has none waiting (fails after `within`)."""
+    t0 = time.monotonic()
+    while True:
+        now = health(url)
+        if not now["searching"] and not now["queued"]:
+            return time.monotonic() - t0
+        assert time.monotonic() - t0 < within, now
+        time.sleep(0.01)
 
 
 class WallClock(FakeClock):

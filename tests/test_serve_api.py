@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
-from liveserver import WallClock, live_server
+from liveserver import WallClock, live_server, wait_idle
 
 from app.search import run
 from app.search.events import Event, StepAccepted
@@ -52,14 +52,7 @@ class Live:
             conn.close()
 
     def wait_idle(self, within: float) -> float:
-        """Seconds until the server runs no search (fails after `within`)."""
-        t0 = time.monotonic()
-        while True:
-            _, _, health = self.request("GET", "/health")
-            if not health["searching"] and not health["queued"]:
-                return time.monotonic() - t0
-            assert time.monotonic() - t0 < within, health
-            time.sleep(0.01)
+        return wait_idle(self.url, within)
 
 
 def serve(engines: ScriptedEngines, **kwargs: Any):
