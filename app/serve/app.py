@@ -22,6 +22,7 @@ from typing import Any
 
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -261,12 +262,16 @@ def create_app(
         job = Job(method, asked.question(), served.settings_for(given), loop=asyncio.get_running_loop())
         worker.submit(job)
         reply = Reply(asked.model)
-        async with Watch(request, job) as watch:
-            update = await job.updates.get()
-            # Streamed or not, nothing is sent before the search has begun,
-            # so a question that does not fit still gets its 400.
-            while not asked.stream and not isinstance(update, Done | Failed | Dropped):
+        try:
+            async with Watch(request, job) as watch:
                 update = await job.updates.get()
+                # Streamed or not, nothing is sent before the search has begun,
+                # so a question that does not fit still gets its 400.
+                while not asked.stream and not isinstance(update, Done | Failed | Dropped):
+                    update = await job.updates.get()
+        except BaseException:  # the server is stopping and cancels this handler
+            job.cancel.set()
+            raise
         if watch.gone:
             # A stream whose search already finished will not be read either.
             return Response(status_code=CLIENT_CLOSED)
@@ -275,7 +280,13 @@ def create_app(
         if isinstance(update, Dropped):
             return error_response(APIError(503, "The server is stopping; retry once it is back.", type="server_error"))
         if asked.stream:
-            return EventSourceResponse(reply.stream(job, update), sep="\n")
+
+            async def stop() -> None:
+                job.cancel.set()
+
+            # The generator sets the flag too, but a stream closed before its
+            # first chunk never starts the generator; this runs either way.
+            return EventSourceResponse(reply.stream(job, update), sep="\n", background=BackgroundTask(stop))
         assert isinstance(update, Done)
         return JSONResponse(reply.whole(update))
 
