@@ -25,6 +25,7 @@ COMMANDS = {
     "doctor": "Check the llama.cpp build, the hardware and what each preset needs.",
     "bench": "Run methods side by side on a dataset: accuracy and latency.",
     "calibrate": "Sweep beta and the thresholds and save the chosen settings.",
+    "train-head": "Train a value head (a reward read off the target's hidden states) for a preset.",
     "serve": "Serve the search as OpenAI-compatible models over HTTP (/v1/chat/completions).",
 }
 

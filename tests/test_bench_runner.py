@@ -91,6 +91,12 @@ def test_every_problem_and_method_gets_one_line(tmp_path: Path) -> None:
         ("p2", "beam"),
     ]
     for row in rows:
+        assert list(row) == [
+            "id", "method", "search", "seed", "answer", "reference", "correct", "judge", "latency",
+            "wall_seconds", "overhead_seconds", "models", "steps", "draft_steps", "target_steps",
+            "deferrals", "switches", "acceptance", "error",
+        ]  # fmt: skip
+        assert list(row["models"]["target"]) == ["seconds", "native_seconds", "generated", "prefilled"]
         assert row["answer"] == "42"
         assert row["correct"] is (row["reference"] == "42")
         assert row["seed"] == problem_seed(0, row["id"])  # same seed for every method of a problem

@@ -7,7 +7,8 @@ from fractions import Fraction
 
 import pytest
 
-from app.eval.grading import as_number, grade, grade_answer
+from app.eval.grading import grade, grade_answer
+from app.search.answer import as_number
 
 GOLDEN: list[tuple[str, str, bool]] = [
     # fractions and their spellings

@@ -163,7 +163,7 @@ async def test_solve_shows_every_candidate_its_fate_and_the_answer(tmp_path: Pat
         drafted = {c.id: (e.origin, c.text) for e in expected if isinstance(e, CandidatesDrafted) for c in e.candidates}
         assert {cid: (row.origin, row.text) for cid, row in beam.candidates.items()} == drafted
         assert {cid: row.fate for cid, row in beam.candidates.items()} == final_fates(expected)
-        scored = {s.id: (s.reward, s.score) for e in expected if isinstance(e, CandidatesScored) for s in e.scores}
+        scored = {s.id: (s.reward, s.merit) for e in expected if isinstance(e, CandidatesScored) for s in e.scores}
         assert {cid: (row.reward, row.score) for cid, row in beam.candidates.items() if cid in scored} == scored
         assert not any(row.drafting for row in beam.candidates.values())
         # The accepted path: every accepted step and the completed solution, nothing else.
@@ -178,12 +178,12 @@ async def test_solve_shows_every_candidate_its_fate_and_the_answer(tmp_path: Pat
         handovers = [e for e in expected if isinstance(e, (Deferred, SwitchedToDraft))]
         assert len(deferrals.entries) == len(handovers) >= 2
         assert (
-            f"{deferred.step:>3} → target  best score {deferred.best_score:.2f} < τ_accept {deferred.threshold:.2f}"
+            f"{deferred.step:>3} → target  best score {deferred.best:.2f} < τ_accept {deferred.threshold.value:.2f}"
             in deferrals.entries
         )
 
         chart = app.query_one(RewardChart)
-        assert (chart.thresholds.reward, chart.thresholds.score) == (SETTINGS.tau_switch, SETTINGS.tau_accept)
+        assert (chart.thresholds.reward, chart.thresholds.tilted) == (SETTINGS.tau_switch, SETTINGS.tau_accept)
         accepted = {e.step: e.reward for e in expected if isinstance(e, StepAccepted)}
         assert {step: row.chosen_reward for step, row in chart.steps.items() if step in accepted} == accepted
         last = max(chart.steps)

@@ -9,9 +9,11 @@ engines opened, and closed again on exit.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -223,3 +225,21 @@ def _ask_consent(preset: ResolvedPreset, missing: Sequence[ModelEntry], consent:
         )
     if not click.confirm(f"Preset {preset.name} needs {names}{size}. Download now?", default=True, err=True):
         raise UserError(f"Nothing was downloaded; run `{command}` when you are ready.")
+
+
+def check_output_path(path: Path, option: str) -> None:
+    """Refuse, before any model loads, an output file that cannot be written:
+    one sentence naming the path and the reason."""
+    target = path.expanduser()
+    if target.is_dir():
+        raise UserError(f"{option} {path} is a folder; name a file in it, e.g. {option} {path / 'out'}.")
+    folder = target.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option} {path}: {existing} is not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: the folder {existing} is not writable; choose another place.")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise UserError(f"{option} {path} exists and is not writable; choose another file.")
