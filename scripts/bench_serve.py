@@ -127,7 +127,14 @@ def stop_times(url: str, model: str, tries: int, extra: dict[str, Any]) -> list[
 
 
 def dev(args: argparse.Namespace) -> dict[str, Any]:
-    options = ["--seed", str(args.seed), "--max-steps", str(args.max_steps)]
+    options = [
+        "--seed",
+        str(args.seed),
+        "--max-steps",
+        str(args.max_steps),
+        "--max-step-tokens",
+        str(args.max_step_tokens),
+    ]
     command = [sys.executable, "-m", "app.cli", "solve", QUESTION, "--preset", args.preset, "--json"]
     command += [*options, "--threads", str(args.threads)]
     print("solve:", " ".join(command[3:]), flush=True)
@@ -140,14 +147,14 @@ def dev(args: argparse.Namespace) -> dict[str, Any]:
             model=model,
             messages=[{"role": "user", "content": QUESTION}],
             seed=args.seed,
-            extra_body={"max_steps": args.max_steps},
+            extra_body={"max_steps": args.max_steps, "max_step_tokens": args.max_step_tokens},
         )
         latency = time.monotonic() - t0
         specs = reply.model_dump()["specs"]
         same = specs["steps"] == solved["steps"]
         inside = specs["stats"]["wall_seconds"]
         print(f"request: latency {latency:.2f} s, search inside the server {inside:.2f} s, same steps: {same}")
-        stops = stop_times(url, model, args.tries, {"seed": args.seed + 1})
+        stops = stop_times(url, model, args.tries, {"seed": args.seed + 1, "max_step_tokens": args.max_step_tokens})
     overhead = latency - solved["stats"]["wall_seconds"]
     return {
         "preset": args.preset,
@@ -214,9 +221,11 @@ def main() -> None:
     d = sub.add_parser("dev", help="overhead against solve, and stop time, on a real preset")
     d.add_argument("--preset", default="cpu-dev")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--max-steps", type=int, default=4)
+    # Short steps keep this to a few minutes on a shared 2-core machine.
+    d.add_argument("--max-steps", type=int, default=3)
+    d.add_argument("--max-step-tokens", type=int, default=64)
     d.add_argument("--threads", type=int, default=2)
-    d.add_argument("--tries", type=int, default=3, help="streams closed for the stop time")
+    d.add_argument("--tries", type=int, default=2, help="streams closed for the stop time")
     t = sub.add_parser("tiny", help="memory and live sequences over many requests, and stop time, on tiny GGUFs")
     t.add_argument("--requests", type=int, default=50)
     t.add_argument("--tries", type=int, default=5)

@@ -20,9 +20,10 @@ from liveserver import WallClock, live_server, wait_idle
 
 from app.search import run
 from app.search.events import Event, StepAccepted
+from app.search.forced import ANSWER_CUE
 from app.search.settings import SearchSettings
 from app.serve.app import ServedPreset, create_app
-from engines.scripted import ARITHMETIC_QUESTION, ScriptedEngines, scripted_engines
+from engines.scripted import ARITHMETIC_QUESTION, Continuation, ScriptedEngines, scripted_engines
 
 SPECS = "specs-local/scripted/specs"
 MESSAGES = [{"role": "user", "content": ARITHMETIC_QUESTION}]
@@ -79,7 +80,7 @@ def direct_steps(method: str = "specs", **settings: Any) -> list[dict[str, Any]]
     events: list[Event] = []
     run(method, ARITHMETIC_QUESTION, scripted_engines(), SearchSettings(**settings), emit=events.append)
     return [
-        {"step": e.step, "origin": e.origin, "text": e.text, "reward": e.reward, "score": e.score}
+        {"step": e.step, "origin": e.origin, "text": e.text, "reward": e.reward, "score": e.merit}
         for e in events
         if isinstance(e, StepAccepted)
     ]
@@ -155,6 +156,26 @@ def test_the_step_cap_ends_with_finish_reason_length(live: Live) -> None:
     )
     assert reply.choices[0].finish_reason == "length"
     assert reply.specs["stats"]["steps"] == 1 and reply.choices[0].message.content == "We need to"
+
+
+def test_a_box_the_target_is_asked_for_ends_the_content() -> None:
+    plan, end = "Add 12 and 30.\n\n", "So, 12 + 30 equals 42."
+    unboxed = {
+        "": (Continuation(plan, -0.1),),
+        plan: (Continuation(end, -0.1, eos=True),),
+        "The final answer is $\\boxed{": (Continuation("42}$.", -0.1),),
+    }
+    engines = scripted_engines(draft=unboxed, target=unboxed, rewards={}, default_reward=0.9)
+    with serve(engines) as url:
+        reply = (
+            Live(url, engines)
+            .client()
+            .chat.completions.create(model=SPECS, messages=MESSAGES, extra_body={"tau_accept": -100})
+        )
+    message = reply.choices[0].message
+    assert message.reasoning_content == plan
+    assert message.content == end + ANSWER_CUE + "42}$."
+    assert reply.specs["answer"] == "42" and reply.specs["stats"]["answer_forced"]
 
 
 def test_fields_clients_send_by_default_are_accepted(live: Live) -> None:

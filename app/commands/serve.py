@@ -28,22 +28,22 @@ from app.commands.common import (
 from app.config import load_catalog
 from app.errors import UserError
 from app.presets import ResolvedPreset, resolve_preset
-from app.search import _METHODS
-from app.search.settings import METHODS, SearchSettings
+from app.search.methods import REGISTRY, needs_draft
+from app.search.settings import SearchSettings
 from app.serve.app import ServedPreset, create_app
 
 
 def served_methods(preset: ResolvedPreset, method: str | None) -> list[str]:
     """The methods to serve: `method` alone, or every one the preset's models can run, its own first."""
     if method is not None:
-        if _METHODS[method].needs_draft and preset.draft is None:
+        if needs_draft(method) and preset.draft is None:
             raise UserError(
                 f"Method {method} needs a draft model, and preset {preset.name} has none; choose another --method."
             )
         return [method]
     own = preset.preset.method
-    ordered = [own, *(m for m in METHODS if m != own)]
-    return [m for m in ordered if preset.draft is not None or not _METHODS[m].needs_draft]
+    ordered = [own, *(m for m in REGISTRY if m != own)]
+    return [m for m in ordered if preset.draft is not None or not needs_draft(m)]
 
 
 def is_loopback(host: str) -> bool:

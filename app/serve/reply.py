@@ -2,29 +2,22 @@
 
 The accepted steps are the reasoning, streamed as they are accepted. The
 content is the step that completed the chosen solution (its `\\boxed{}`
-kept), so reasoning + content is the solution when one beam is kept (with
-more beams the reasoning shows every beam's accepted steps). The `specs`
-object carries what `solve --json` prints besides the solution, and the
-settings the search ran with.
+kept, or the box the target was asked for when it wrote none), so
+reasoning + content is the solution when one beam is kept (with more beams
+the reasoning shows every beam's accepted steps). The `specs` object carries
+what `solve --json` prints besides the solution, and the settings the search
+ran with.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.render import generated_tokens
-from app.search.events import CandidateCompleted, CandidatesDrafted, Event, Finished, Stats, StepAccepted
+from app.search.events import CandidateCompleted, CandidatesDrafted, Event, Finished, StepAccepted
 
 FinishReason = Literal["stop", "length"]
-
-
-def stats_object(stats: Stats) -> dict[str, Any]:
-    """The run's stats as `solve --json` gives them."""
-    out = asdict(stats)
-    out["acceptance_rate"] = stats.acceptance_rate
-    out["overhead_seconds"] = stats.overhead_seconds
-    return out
 
 
 @dataclass(frozen=True)
@@ -61,7 +54,7 @@ class Transcript:
                     "origin": event.origin,
                     "text": event.text,
                     "reward": event.reward,
-                    "score": event.score,
+                    "score": event.merit,
                 }
             )
             return event.text
@@ -70,10 +63,19 @@ class Transcript:
     def outcome(
         self, finished: Finished, *, method: str, preset: str, settings: dict[str, Any], prompt_tokens: int
     ) -> Outcome:
-        chosen = next((c for c in self._completed if c.solution == finished.solution), None)
-        # A search cut short (a full context) answers with its best partial
-        # solution: all reasoning, no final step, cut by a limit.
-        content = self._texts.get(chosen.id, "") if chosen is not None else ""
+        # The chosen solution is a completed one, perhaps with a box the
+        # target was asked for appended (app/search/forced.py); a search cut
+        # short (a full context) answers with its best partial solution: all
+        # reasoning, no final step, cut by a limit.
+        chosen = max(
+            (c for c in self._completed if finished.solution.startswith(c.solution)),
+            key=lambda c: len(c.solution),
+            default=None,
+        )
+        content = ""
+        if chosen is not None:
+            start = len(chosen.solution) - len(self._texts.get(chosen.id, ""))
+            content = finished.solution[start:]
         finish_reason: FinishReason = "length" if chosen is None or chosen.reason == "length" else "stop"
         return Outcome(
             reasoning="".join(step["text"] for step in self.steps),
@@ -84,7 +86,7 @@ class Transcript:
             specs={
                 "answer": finished.answer,
                 "steps": self.steps,
-                "stats": stats_object(finished.stats),
+                "stats": finished.stats.to_json(),
                 "method": method,
                 "preset": preset,
                 "settings": settings,
