@@ -41,8 +41,9 @@ def open_engines(
 ) -> Iterator[Engines]:
     """The preset's engines; every file of it must be here (app.commands.common.open_preset
     downloads missing ones first)."""
-    from engines.llama import LlamaModel, check_shared_vocab
+    from engines.llama import LlamaModel
     from engines.reward import build_reward
+    from engines.vocab import check_shared_vocab
 
     threads = threads if threads is not None else default_threads()
     n_seq_max = sequence_capacity(settings)

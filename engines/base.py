@@ -1,7 +1,7 @@
 """The small protocols the search depends on.
 
 Nothing here imports llama_cpp: `app/search` programs against these shapes, and
-`engines/llama.py` (real models) and `engines/scripted.py` (tests) fill them.
+`engines/llama.py` (real models) and `engines/testing/scripted.py` (tests) fill them.
 
 Ownership of sequences: every `Seq` a call returns belongs to the caller, who
 must `release` it when done with it (a model has a fixed pool of sequence ids).
@@ -16,6 +16,8 @@ from enum import Enum
 from typing import Protocol, runtime_checkable
 
 STEP_DELIMITER = "\n\n"
+# The system turn before every question; answers are read from their \boxed{}.
+SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
 class EngineError(Exception):
@@ -67,8 +69,8 @@ class Seq(Protocol):
 
 
 @dataclass
-class Draft:
-    """One sampled continuation of a sequence."""
+class Sampled:
+    """One sampled continuation of a sequence (a draft's candidate step, or the target's own)."""
 
     tokens: list[int]
     text: str
@@ -162,7 +164,7 @@ class LanguageModel(Protocol):
         *,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
-    ) -> list[list[Draft]]:
+    ) -> list[list[Sampled]]:
         """k continuations of every sequence, all advanced together."""
         ...
 

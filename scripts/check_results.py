@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.search.arithmetic import results_with_probability
 from app.search.events import CandidatesDrafted, SearchStarted, StepAccepted
-from app.search.settings import SYSTEM_PROMPT
 from app.search.trace import read_trace
+from engines.base import SYSTEM_PROMPT
 from engines.llama import LlamaModel
 
 _OPERATORS = [("\\times", "*"), ("×", "*"), ("\\cdot", "*"), ("\\div", "/"), ("÷", "/"), ("\\$", ""), ("$", "")]

@@ -12,7 +12,7 @@ import pytest
 
 from app.cli import main
 from app.commands import bench as bench_command
-from engines.scripted import FakeClock, scripted_engines
+from engines.testing.scripted import FakeClock, scripted_engines
 
 
 @pytest.fixture(autouse=True)

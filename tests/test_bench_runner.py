@@ -25,7 +25,7 @@ from app.search import run as search_run
 from app.search.events import Finished
 from app.search.settings import SearchSettings
 from app.search.trace import read_trace
-from engines.scripted import ARITHMETIC_QUESTION, scripted_engines
+from engines.testing.scripted import ARITHMETIC_QUESTION, scripted_engines
 
 PROBLEMS = [
     Problem("p0", ARITHMETIC_QUESTION, "42"),

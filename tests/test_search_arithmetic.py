@@ -18,7 +18,7 @@ from app.search.arithmetic import (
 )
 from app.search.events import CandidatesScored, Deferred, Event, Finished, StepAccepted
 from app.search.settings import SearchSettings
-from engines.scripted import (
+from engines.testing.scripted import (
     ARITHMETIC_DRAFT,
     ARITHMETIC_QUESTION,
     ARITHMETIC_REWARDS,

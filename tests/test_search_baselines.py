@@ -21,7 +21,13 @@ from app.search.events import (
     StepStarted,
 )
 from app.search.settings import SearchSettings
-from engines.scripted import ARITHMETIC_QUESTION, ARITHMETIC_REWARDS, Continuation, ScriptedEngines, scripted_engines
+from engines.testing.scripted import (
+    ARITHMETIC_QUESTION,
+    ARITHMETIC_REWARDS,
+    Continuation,
+    ScriptedEngines,
+    scripted_engines,
+)
 
 PLAN = "We need to add 12 and 30.\n\n"
 TENS = "First add the tens: 10 + 30 = 40.\n\n"

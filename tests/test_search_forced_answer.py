@@ -9,7 +9,7 @@ from app.search.events import Event, Finished
 from app.search.forced import ANSWER_CUE
 from app.search.methods import REGISTRY
 from app.search.settings import SearchSettings
-from engines.scripted import Continuation, scripted_engines
+from engines.testing.scripted import Continuation, scripted_engines
 
 _PLAN = "Add 12 and 30.\n\n"
 _END = "So, 12 + 30 equals 42."

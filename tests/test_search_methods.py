@@ -12,7 +12,7 @@ from app.search.events import Event, SearchStarted, StepAccepted
 from app.search.methods import REGISTRY, MethodSpec, draftless_methods, method_spec, needs_draft
 from app.search.settings import SearchSettings
 from app.search.steps import Step
-from engines.scripted import ARITHMETIC_QUESTION, scripted_engines
+from engines.testing.scripted import ARITHMETIC_QUESTION, scripted_engines
 
 
 def test_the_settings_and_the_preset_schema_take_their_names_from_the_registry() -> None:

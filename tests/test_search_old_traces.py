@@ -36,7 +36,7 @@ from app.search.trace import read_trace
 from app.tui.deferrals import deferral_line
 from app.tui.latency import LatencyPanel
 from app.tui.rewards import RewardChart
-from engines.scripted import ScriptedEngines, scripted_engines
+from engines.testing.scripted import ScriptedEngines, scripted_engines
 
 DATA = Path(__file__).parent / "data"
 ENGINES: dict[str, Callable[[], ScriptedEngines]] = {

@@ -23,10 +23,10 @@ from app.search.events import (
     StepStarted,
     SwitchedToDraft,
 )
-from app.search.settings import METHODS, SYSTEM_PROMPT, SearchSettings
+from app.search.settings import METHODS, SearchSettings
 from app.search.trace import read_trace, write_trace
-from engines.base import ContextFullError
-from engines.scripted import ARITHMETIC_QUESTION, Continuation, ScriptedEngines, scripted_engines
+from engines.base import SYSTEM_PROMPT, ContextFullError
+from engines.testing.scripted import ARITHMETIC_QUESTION, Continuation, ScriptedEngines, scripted_engines
 
 LOOP = "Again.\n\n"
 

@@ -22,9 +22,10 @@ from app.search.events import (
     StepStarted,
     SwitchedToDraft,
 )
-from app.search.settings import SYSTEM_PROMPT, SearchSettings
+from app.search.settings import SearchSettings
 from app.search.specs import softmax_choice
-from engines.scripted import (
+from engines.base import SYSTEM_PROMPT
+from engines.testing.scripted import (
     ARITHMETIC_QUESTION,
     ARITHMETIC_REWARDS,
     VOCABULARY,

@@ -43,7 +43,7 @@ from app.tui.messages import SearchEnded, SearchEvents
 from app.tui.question import QuestionInput
 from app.tui.rewards import RewardChart
 from app.tui.screens import HelpScreen, MissingModelsScreen
-from engines.scripted import ARITHMETIC_QUESTION, scripted_engines
+from engines.testing.scripted import ARITHMETIC_QUESTION, scripted_engines
 
 PRESET = "cpu-dev"
 # Fixed here rather than read from the catalog, so that tuning a preset does

@@ -26,8 +26,7 @@ from app.eval.datasets import Problem
 from app.eval.grading import grade_answer
 from app.search.answer import last_boxed
 from app.search.forced import force_answer
-from app.search.settings import SYSTEM_PROMPT
-from engines.base import LanguageModel, SampleParams, Seq, StopFn, StopReason
+from engines.base import SYSTEM_PROMPT, LanguageModel, SampleParams, Seq, StopFn, StopReason
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ from app.search.events import (
 )
 from app.search.forced import force_answer
 from app.search.prefix import Prefix
-from app.search.settings import SYSTEM_PROMPT, SearchSettings
+from app.search.settings import SearchSettings
 from app.search.types import Engines
-from engines.base import STEP_DELIMITER, Cancelled, EngineError, LanguageModel, SampleParams, Seq, StopFn
+from engines.base import STEP_DELIMITER, SYSTEM_PROMPT, Cancelled, EngineError, LanguageModel, SampleParams, Seq, StopFn
 
 E = TypeVar("E", bound=Event)
 Clock = Callable[[], float]

@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     METHODS: tuple[str, ...]  # the method names, in the registry's order
     Method = str  # a method name, checked against the registry where models.toml is read
 
-SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
-
 
 class SearchSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

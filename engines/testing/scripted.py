@@ -32,11 +32,11 @@ from engines.base import (
     STEP_DELIMITER,
     Cancelled,
     ContextFullError,
-    Draft,
     EngineError,
     ModelUsage,
     ProgressFn,
     RewardQuery,
+    Sampled,
     SampleParams,
     Scored,
     SequencePoolExhausted,
@@ -299,7 +299,7 @@ class ScriptedModel:
         *,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
-    ) -> list[list[Draft]]:
+    ) -> list[list[Sampled]]:
         self.usage.calls += 1
         parents = [self._check(s) for s in seqs]
         plans = []
@@ -345,11 +345,11 @@ class ScriptedModel:
         except BaseException:
             self._release_all(forks)
             raise
-        drafts: list[list[Draft]] = [[] for _ in parents]
+        drafts: list[list[Sampled]] = [[] for _ in parents]
         for i, (tokens, logprobs) in enumerate(plans):
             n = emitted[i]
             drafts[i // k].append(
-                Draft(
+                Sampled(
                     tokens=tokens[:n],
                     text=self.detokenize(tokens[:n]),
                     logprobs=logprobs[:n],
