@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import uvicorn
 from starlette.types import ASGIApp
 
-from engines.scripted import FakeClock
+from engines.testing.scripted import FakeClock
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from app.search.events import Event, StepAccepted
 from app.search.forced import ANSWER_CUE
 from app.search.settings import SearchSettings
 from app.serve.app import ServedPreset, create_app
-from engines.scripted import ARITHMETIC_QUESTION, Continuation, ScriptedEngines, scripted_engines
+from engines.testing.scripted import ARITHMETIC_QUESTION, Continuation, ScriptedEngines, scripted_engines
 
 SPECS = "specs-local/scripted/specs"
 MESSAGES = [{"role": "user", "content": ARITHMETIC_QUESTION}]

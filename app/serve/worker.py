@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 from app.search import run
 from app.search.events import Event, SearchStarted
-from app.search.settings import SYSTEM_PROMPT, SearchSettings
+from app.search.settings import SearchSettings
 from app.search.types import Engines
 from app.serve.protocol import APIError
 from app.serve.reply import Outcome, Transcript
-from engines.base import ContextFullError, EngineError
+from engines.base import SYSTEM_PROMPT, ContextFullError, EngineError
 
 log = logging.getLogger(__name__)
 
