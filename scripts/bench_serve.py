@@ -11,8 +11,9 @@ search's own wall time inside the server, which separates what the server adds
 (HTTP, JSON, the queue hand-off) from run-to-run noise on a shared machine.
 
 `tiny` sends sequential non-streamed requests (50 by default) to one server and
-reports its resident memory after the first and after the last, and the
-models' live sequence ids after each (0 when nothing leaked).
+reports its resident memory after the first and after the last, the models'
+live sequence ids after each (0 when nothing leaked), and what each request
+took beyond its search (the server's own time per request).
 
 Both then open streams, close each once the first step has arrived, and time
 from the close until /health says no search runs (polled every 5 ms).
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -193,8 +195,13 @@ def tiny(args: argparse.Namespace) -> dict[str, Any]:
             rss: list[float] = []
             live: list[int] = []
             before = resident_mb()
+            extra: list[float] = []  # request latency minus the search's wall time inside the server
             for i in range(args.requests):
-                chat.create(model="specs-local/tiny/specs", messages=[{"role": "user", "content": QUESTION}], seed=i)
+                t0 = time.monotonic()
+                reply = chat.create(
+                    model="specs-local/tiny/specs", messages=[{"role": "user", "content": QUESTION}], seed=i
+                )
+                extra.append(time.monotonic() - t0 - reply.model_dump()["specs"]["stats"]["wall_seconds"])
                 rss.append(resident_mb())
                 live.append(live_sequences(engines))
             stops = stop_times(url, "specs-local/tiny/specs", args.tries, {"max_steps": 200, "max_step_tokens": 64})
@@ -203,6 +210,7 @@ def tiny(args: argparse.Namespace) -> dict[str, Any]:
         f"resident memory: before {before:.1f} MB, after 1 request {rss[0]:.1f} MB, after {len(rss)} {rss[-1]:.1f} MB"
     )
     print(f"live sequences after each request: max {max(live)}, after the closed streams {after_stops}")
+    print(f"server time per request (latency minus search): median {statistics.median(extra) * 1000:.1f} ms")
     return {
         "requests": args.requests,
         "rss_before_mb": before,
@@ -211,6 +219,8 @@ def tiny(args: argparse.Namespace) -> dict[str, Any]:
         "rss_growth_mb": rss[-1] - rss[0],
         "live_sequences_max": max(live),
         "live_sequences_after_closed_streams": after_stops,
+        "server_only_ms_median": statistics.median(extra) * 1000,
+        "server_only_ms_max": max(extra) * 1000,
         "stop_seconds": stops,
     }
 
