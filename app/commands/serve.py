@@ -181,24 +181,26 @@ def command(
     settings = build_settings(chosen.preset.search, search)
     methods = served_methods(chosen, method)
     warning = exposure_warning(host, api_key)
-    sock = bind(host, port)
     consent = Consent(assume_yes=yes, interactive=sys.stdin.isatty())
-    with serving(
-        chosen,
-        settings,
-        methods,
-        runtime=RuntimeOptions(threads, gpu_layers),
-        consent=consent,
-        queue_size=queue_size,
-        api_key=api_key,
-    ) as app:
+    with (
+        bind(host, port) as sock,
+        serving(
+            chosen,
+            settings,
+            methods,
+            runtime=RuntimeOptions(threads, gpu_layers),
+            consent=consent,
+            queue_size=queue_size,
+            api_key=api_key,
+        ) as app,
+    ):
         bound_host, bound_port = sock.getsockname()[:2]
         url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
 
         def announce() -> None:
             echo_err(f"specs-local serves preset {chosen.name} at http://{url_host}:{bound_port}/v1")
             for m in methods:
-                echo_err(f"  model {ServedPreset(chosen.name, methods, settings).model_id(m)}")
+                echo_err(f"  model {app.state.served.model_id(m)}")
             if warning:
                 click.secho(warning, fg="yellow", err=True)
             echo_err("Ctrl-C stops it.")

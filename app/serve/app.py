@@ -316,4 +316,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.worker = worker
+    app.state.served = served
     return app
