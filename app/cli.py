@@ -73,7 +73,9 @@ def cli(ctx: click.Context, verbose: int) -> None:
     # huggingface_hub logs through its own stderr handler already.
     logging.getLogger("huggingface_hub").propagate = False
     if ctx.invoked_subcommand is None:
-        ctx.invoke(cli.get_command(ctx, "tui"))
+        app_command = cli.get_command(ctx, "tui")
+        assert app_command is not None, "tui is one of COMMANDS"
+        ctx.invoke(app_command)
 
 
 def main(argv: list[str] | None = None) -> int:

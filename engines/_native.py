@@ -169,10 +169,14 @@ def _free(ctx: object, model: object) -> None:
 
 class Decoded(NamedTuple):
     """The output rows of one decode: their indices among the rows asked for, and
-    their logits (llama.cpp's own buffer, overwritten by the next decode)."""
+    their logits (llama.cpp's own buffer, overwritten by the next decode). Row i
+    is row i - start of the decode's batch (llama.cpp's `_ith` getters count so)."""
 
     rows: np.ndarray
     logits: np.ndarray
+    start: int
+    # Final hidden states of the same rows (llama.cpp's buffer too), when asked for.
+    hidden: np.ndarray | None = None
 
 
 class NativeContext:
@@ -236,6 +240,8 @@ class NativeContext:
         self.memory = L.llama_get_memory(self.ctx)
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_vocab: int = L.llama_vocab_n_tokens(self.vocab)
+        # The width of a hidden-state row (the input of the output layer).
+        self.n_embd: int = L.llama_model_n_embd_out(self.model)
         self._batch = NativeBatch(n_batch)
         # Output rows per decode: llama.cpp keeps a logits buffer as large as the
         # most rows ever asked for at once (n_vocab floats each), so cap it.
@@ -270,15 +276,45 @@ class NativeContext:
         prefill: bool,
         consume: Callable[[Decoded], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        hidden: bool = False,
     ) -> None:
         """Decode `rows` in chunks of at most n_batch rows (and `max_outputs` output
-        rows); `consume` sees each chunk's output rows before the next chunk."""
+        rows); `consume` sees each chunk's output rows before the next chunk.
+
+        With `hidden`, the decode also returns each row's final hidden state
+        (llama.cpp's embeddings with pooling NONE: the input of the output
+        layer). llama.cpp then makes every row of the batch an output, so every
+        row is treated as one here (they are chunked by `max_outputs`)."""
         tokens = np.asarray(rows.tokens, np.int32)
         positions = np.asarray(rows.positions, np.int32)
         counts = np.fromiter(map(len, rows.seq_ids), np.int32, len(rows.seq_ids))
         ids = np.fromiter(chain.from_iterable(rows.seq_ids), np.int32)
-        outputs = np.asarray(rows.outputs, np.int8)
+        outputs = np.ones(len(tokens), np.int8) if hidden else np.asarray(rows.outputs, np.int8)
         id_starts = np.cumsum(counts) - counts
+        if hidden:
+            L.llama_set_embeddings(self.ctx, True)
+        try:
+            self._decode_chunks(
+                tokens, positions, counts, ids, outputs, id_starts, usage, prefill, consume, should_stop, hidden
+            )
+        finally:
+            if hidden:
+                L.llama_set_embeddings(self.ctx, False)
+
+    def _decode_chunks(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        counts: np.ndarray,
+        ids: np.ndarray,
+        outputs: np.ndarray,
+        id_starts: np.ndarray,
+        usage: ModelUsage,
+        prefill: bool,
+        consume: Callable[[Decoded], None] | None,
+        should_stop: Callable[[], bool] | None,
+        hidden: bool,
+    ) -> None:
         for start, end, out_rows in chunks(outputs, self.n_batch, self.max_outputs):
             if should_stop is not None and should_stop():
                 raise Cancelled()
@@ -300,7 +336,13 @@ class NativeContext:
                 usage.prefilled += end - start
             if consume is not None and len(out_rows):
                 logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(out_rows), self.n_vocab))
-                consume(Decoded(out_rows, logits))
+                states = None
+                if hidden:
+                    pointer = L.llama_get_embeddings(self.ctx)
+                    if not pointer:
+                        raise EngineError(f"llama.cpp returned no hidden states for {self.name}.")
+                    states = np.ctypeslib.as_array(pointer, shape=(len(out_rows), self.n_embd))
+                consume(Decoded(out_rows, logits, start, states))
 
     def _decode_error(self, rc: int, n_rows: int) -> EngineError:
         if rc == 1:

@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    # A hidden state: a row of floats (numpy in the engines, lists in tests).
+    Vector = Sequence[float] | npt.NDArray[np.floating]
 
 STEP_DELIMITER = "\n\n"
 # The system turn before every question; answers are read from their \boxed{}.
@@ -77,6 +84,9 @@ class Sampled:
     logprobs: list[float]  # per token, under the sampling model, unscaled (T=1)
     stop: StopReason
     seq: Seq  # parent + these tokens, cached in the sampling model; the caller owns it
+    # The model's final hidden state at the row that predicted the last token,
+    # when the model was opened with hidden states on (None otherwise).
+    hidden: Vector | None = None
 
 
 @dataclass
@@ -85,6 +95,9 @@ class Scored:
 
     logprobs: list[float]
     seq: Seq  # parent + the scored tokens, cached; the caller owns it
+    # The final hidden state at the row that predicts the last scored token,
+    # when the model was opened with hidden states on (None otherwise).
+    hidden: Vector | None = None
 
 
 @dataclass
@@ -188,7 +201,7 @@ class RewardQuery:
     policy_seq: Seq | None = field(default=None, compare=False)
     # The target's final hidden state at the candidate's end, when the target
     # was asked for hidden states (what a value-head reward reads).
-    policy_state: Sequence[float] | None = field(default=None, compare=False)
+    policy_state: Vector | None = field(default=None, compare=False)
 
 
 class RewardModel(Protocol):

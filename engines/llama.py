@@ -3,7 +3,8 @@
 Everything here keeps one set of invariants between the sequences and the KV
 cache; the rest lives beside it: the context, its options and every llama.cpp
 call in `engines._native`, text in `engines.gguf_model`, drawing tokens from a
-row in `engines.sampling`, which rows teacher forcing decodes in `engines.rows`.
+row in `engines.sampling` (or inside llama.cpp's graph: `engines.device_sampling`),
+which rows teacher forcing decodes in `engines.rows`.
 
 The context has a unified KV cache, so a fork (`seq_cp`) shares its prefix's
 cells instead of copying them, and one batch row may carry several sequence
@@ -34,6 +35,7 @@ codes are checked. llama.cpp never sees an input that would abort the process.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -43,6 +45,7 @@ from typing import cast
 import numpy as np
 
 from engines import _native as N
+from engines import device_sampling as D
 from engines.base import (
     Cancelled,
     ContextFullError,
@@ -68,7 +71,7 @@ _PROGRESS_INTERVAL_S = 0.1
 class LlamaSeq:
     """A sequence in one LlamaModel's cache (implements `engines.base.Seq`)."""
 
-    __slots__ = ("_id", "_logits", "_model", "_n_cached", "_tokens")
+    __slots__ = ("_hidden", "_id", "_logits", "_model", "_n_cached", "_tokens")
 
     def __init__(self, model: LlamaModel, seq_id: int, tokens: list[int], n_cached: int, logits: np.ndarray | None):
         self._model = model
@@ -77,6 +80,8 @@ class LlamaSeq:
         self._n_cached = n_cached  # tokens[:n_cached] are in the KV cache
         # The next-token logits after all tokens (only while nothing is pending).
         self._logits = logits
+        # The final hidden state of that row, when the decode that made it kept one.
+        self._hidden: np.ndarray | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -97,7 +102,7 @@ class LlamaSeq:
 class _Candidate:
     """A continuation being sampled."""
 
-    __slots__ = ("limit", "logprobs", "seq", "start", "stop", "stream", "text")
+    __slots__ = ("hidden", "limit", "logprobs", "seq", "start", "stop", "stream", "text")
 
     def __init__(self, seq: LlamaSeq, stream: np.random.Generator, limit: int):
         self.seq = seq
@@ -107,6 +112,7 @@ class _Candidate:
         self.text = bytearray()
         self.logprobs: list[float] = []
         self.stop: StopReason | None = None
+        self.hidden: np.ndarray | None = None  # of the row its last token was drawn from
 
 
 class LlamaModel(GGUFModel):
@@ -124,7 +130,12 @@ class LlamaModel(GGUFModel):
         n_threads: int | None = None,
         flash_attn: str | bool = "auto",
         share_histories: bool = True,
+        hidden_states: bool = False,
+        sampling: str | None = None,
     ) -> None:
+        """`sampling` says where step tokens are drawn: "device" in llama.cpp's
+        graph, "host" in numpy, "auto" (the default, or SPECS_LOCAL_SAMPLING) on
+        the device when the layers are offloaded to a GPU."""
         super().__init__(
             path,
             name=name,
@@ -136,7 +147,13 @@ class LlamaModel(GGUFModel):
             flash_attn=flash_attn,
         )
         self.share_histories = share_histories
+        # Sampling and scoring also return the final hidden state at each
+        # result's last row (what a value-head reward reads). Prompt prefill
+        # never asks for them: llama.cpp would make every prompt row an output.
+        self.hidden_states = hidden_states
         self.sampler: Sampler = HostSampler(self.n_vocab)
+        mode = sampling or os.environ.get("SPECS_LOCAL_SAMPLING") or "auto"
+        self.device_sampling = D.use_device(mode, gpu_layers=self.gpu_layers, name=self.name)
         self._scratch = np.empty(self.n_vocab, np.float32)  # for the log-normalisers of scored rows
         self._free_ids = list(range(n_seq_max - 1, -1, -1))
         self._live: set[LlamaSeq] = set()
@@ -147,6 +164,11 @@ class LlamaModel(GGUFModel):
                 seq._id = -1
             self._live.clear()
             super().close()
+
+    @property
+    def n_embd(self) -> int:
+        """The width of a hidden state."""
+        return self._native.n_embd
 
     @property
     def live_sequences(self) -> int:
@@ -234,6 +256,7 @@ class LlamaModel(GGUFModel):
 
     def _fork(self, parent: LlamaSeq, usage: ModelUsage) -> LlamaSeq:
         child = self._new_seq(list(parent._tokens), parent._n_cached, parent._logits)
+        child._hidden = parent._hidden
         with N.NativeTime(usage):
             self._native.copy_sequence(parent._id, child._id)
         return child
@@ -308,6 +331,7 @@ class LlamaModel(GGUFModel):
         def keep(out: N.Decoded) -> None:
             for row, values in zip(out.rows, out.logits):
                 owners[int(row)]._logits = values.copy()
+                owners[int(row)]._hidden = None
 
         before = [seq._n_cached for seq in todo]
         try:
@@ -361,6 +385,7 @@ class LlamaModel(GGUFModel):
         per_input: list[list[_Candidate]] = []
         groups: dict[int, list[_Candidate]] = {}
         group_rows: list[np.ndarray] = []
+        group_hidden: list[np.ndarray | None] = []
         try:
             for i, seq in enumerate(seqs):
                 limit = min(params.max_tokens, self.n_ctx - seq.n_tokens)
@@ -373,21 +398,28 @@ class LlamaModel(GGUFModel):
                 if self.share_histories:
                     if id(seq) not in groups:
                         group_rows.append(row)
+                        group_hidden.append(seq._hidden)
                     groups.setdefault(id(seq), []).extend(members)
                 else:
                     for member in members:
                         groups[id(member)] = [member]
                         group_rows.append(row)
+                        group_hidden.append(seq._hidden)
             live = list(groups.values())
-            rows = group_rows
+            rows: Sequence[np.ndarray | D.Drawn] = group_rows
+            hidden = group_hidden
             last_progress = time.monotonic()
-            while live:
-                if should_stop is not None and should_stop():
-                    raise Cancelled()
-                live, rows = self._advance(live, rows, params, delimiter, usage, should_stop)
-                if progress is not None and time.monotonic() - last_progress >= _PROGRESS_INTERVAL_S:
-                    progress([[bytes(c.text).decode("utf-8", "ignore") for c in members] for members in per_input])
-                    last_progress = time.monotonic()
+            chains = self._device_chains([c for members in live for c in members], max(map(len, live)), params)
+            with chains or nullcontext():
+                while live:
+                    if should_stop is not None and should_stop():
+                        raise Cancelled()
+                    live, rows, hidden = self._advance(
+                        live, rows, hidden, params, delimiter, usage, should_stop, chains
+                    )
+                    if progress is not None and time.monotonic() - last_progress >= _PROGRESS_INTERVAL_S:
+                        progress([[bytes(c.text).decode("utf-8", "ignore") for c in members] for members in per_input])
+                        last_progress = time.monotonic()
         except BaseException:
             for members in per_input:
                 for c in members:
@@ -401,31 +433,61 @@ class LlamaModel(GGUFModel):
                     logprobs=c.logprobs,
                     stop=cast(StopReason, c.stop),  # set for every candidate once none is live
                     seq=c.seq,
+                    hidden=c.hidden,
                 )
                 for c in members
             ]
             for members in per_input
         ]
 
+    def _device_chains(
+        self, candidates: list[_Candidate], largest_row: int, params: SampleParams
+    ) -> D.DeviceChains | None:
+        """Sampler chains on the candidates' sequences when this model samples in
+        llama.cpp's graph. The first token comes from the parents' kept rows on
+        the host, so a one-token step needs none."""
+        if not self.device_sampling or params.max_tokens == 1:
+            return None
+        try:
+            return D.DeviceChains(
+                self._native.ctx,
+                [c.seq._id for c in candidates],
+                temperature=params.temperature,
+                top_p=params.top_p,
+                limit=self.sampler.limit,
+                draws=largest_row,
+            )
+        except D.BackendSamplingUnsupported as e:
+            D.log.warning("%s samples on the host: %s", self.name, e)
+            self.device_sampling = False
+            return None
+
     def _advance(
         self,
         live: list[list[_Candidate]],
-        rows: list[np.ndarray],
+        rows: Sequence[np.ndarray | D.Drawn],
+        hidden: list[np.ndarray | None],
         params: SampleParams,
         delimiter: bytes | None,
         usage: ModelUsage,
         should_stop: StopFn | None,
-    ) -> tuple[list[list[_Candidate]], list[np.ndarray]]:
-        """Sample one token for every live candidate (group g draws from rows[g]),
-        then decode one row per group of candidates that continue."""
+        chains: D.DeviceChains | None,
+    ) -> tuple[list[list[_Candidate]], list[np.ndarray] | list[D.Drawn], list[np.ndarray | None]]:
+        """Sample one token for every live candidate (group g draws from rows[g],
+        or takes what the device drew there; the row's hidden state is hidden[g]
+        when kept), then decode one row per group of candidates that continue."""
         next_groups: list[list[_Candidate]] = []
         step = Rows()
-        for group, row in zip(live, rows):
-            picks, logprobs = self.sampler.pick(row, [c.stream for c in group], params)
+        for group, row, state in zip(live, rows, hidden):
+            if isinstance(row, D.Drawn):
+                picks, logprobs = row
+            else:
+                picks, logprobs = self.sampler.pick(row, [c.stream for c in group], params)
             buckets: dict[int, list[_Candidate]] = {}
             for c, token, logprob in zip(group, picks, logprobs):
                 buckets.setdefault(token, []).append(c)
                 c.logprobs.append(logprob)
+                c.hidden = state
             for token, members in buckets.items():
                 stop = self._stop_reason(members[0], token, delimiter)
                 piece = self._piece(token)
@@ -438,20 +500,69 @@ class LlamaModel(GGUFModel):
                     step.add(token, members[0].seq._n_cached, [c.seq._id for c in members], output=True)
             usage.generated += len(group)
         if not next_groups:
-            return next_groups, []
+            return next_groups, [], []
+        states: list[np.ndarray] = []
+        next_rows: list[np.ndarray] | list[D.Drawn]
+        if chains is None:
+            next_rows = self._decode_rows(step, states, usage, should_stop)
+        else:
+            next_rows = self._decode_drawing(step, next_groups, chains, states, params, usage, should_stop)
+        for members in next_groups:
+            for c in members:
+                c.seq._n_cached += 1
+        next_hidden: list[np.ndarray | None] = list(np.concatenate(states)) if states else [None] * len(next_rows)
+        return next_groups, next_rows, next_hidden
+
+    def _decode_rows(
+        self, step: Rows, states: list[np.ndarray], usage: ModelUsage, should_stop: StopFn | None
+    ) -> list[np.ndarray]:
+        """Decode the step's rows: their next-token logits (hidden states, when
+        this model keeps them, go to `states`)."""
         decoded: list[np.ndarray] = []
 
         def keep(out: N.Decoded) -> None:
             # One decode leaves its rows in llama.cpp's buffer until the next
             # decode, which is after they are sampled; rows of a decode split in
-            # chunks are copied before the next chunk overwrites them.
+            # chunks are copied before the next chunk overwrites them. Hidden
+            # states are kept past the next decode, so they are always copied.
             decoded.append(out.logits if len(out.rows) == len(step.tokens) else out.logits.copy())
+            if out.hidden is not None:
+                states.append(out.hidden.copy())
 
-        self._native.decode_rows(step, usage, prefill=False, consume=keep, should_stop=should_stop)
-        for members in next_groups:
-            for c in members:
-                c.seq._n_cached += 1
-        return next_groups, list(decoded[0] if len(decoded) == 1 else np.concatenate(decoded))
+        self._native.decode_rows(
+            step, usage, prefill=False, consume=keep, should_stop=should_stop, hidden=self.hidden_states
+        )
+        return list(decoded[0] if len(decoded) == 1 else np.concatenate(decoded))
+
+    def _decode_drawing(
+        self,
+        step: Rows,
+        groups: list[list[_Candidate]],
+        chains: D.DeviceChains,
+        states: list[np.ndarray],
+        params: SampleParams,
+        usage: ModelUsage,
+        should_stop: StopFn | None,
+    ) -> list[D.Drawn]:
+        """Decode the step's rows with their sampler chains drawing each group's
+        next tokens, one uniform of each candidate's stream per token as the
+        host would draw it; nothing vocabulary-wide comes back (hidden states,
+        when this model keeps them, go to `states`)."""
+        for members in groups:
+            draws = [c.stream.random() for c in members] if params.temperature > 0 else []
+            chains.request([c.seq._id for c in members], draws)
+        drawn: list[D.Drawn] = []
+
+        def take(out: N.Decoded) -> None:
+            for row in out.rows.tolist():
+                drawn.append(chains.take(row - out.start, step.seq_ids[row]))
+            if out.hidden is not None:
+                states.append(out.hidden.copy())
+
+        self._native.decode_rows(
+            step, usage, prefill=False, consume=take, should_stop=should_stop, hidden=self.hidden_states
+        )
+        return drawn
 
     def _stop_reason(self, c: _Candidate, token: int, delimiter: bytes | None) -> StopReason | None:
         if self.is_eog(token):
@@ -474,8 +585,8 @@ class LlamaModel(GGUFModel):
         should_stop: StopFn | None = None,
     ) -> list[Scored]:
         with self._lock, timed(self.usage):
-            logprobs, children = self._teacher_force(pairs, None, self.usage, should_stop)
-            return [Scored(list(lp), child) for lp, child in zip(logprobs, children)]
+            logprobs, children, hidden = self._teacher_force(pairs, None, self.usage, should_stop, self.hidden_states)
+            return [Scored(list(lp), child, state) for lp, child, state in zip(logprobs, children, hidden)]
 
     def next_token_logprobs(
         self,
@@ -493,7 +604,7 @@ class LlamaModel(GGUFModel):
         """
         with self._lock, self._timed(usage):
             ids = self._checked_tokens(token_ids)
-            results, children = self._teacher_force(pairs, ids, usage or self.usage, should_stop)
+            results, children, _ = self._teacher_force(pairs, ids, usage or self.usage, should_stop)
             return (np.stack(results) if results else np.empty((0, len(ids)))), children
 
     def _teacher_force(
@@ -502,10 +613,14 @@ class LlamaModel(GGUFModel):
         next_ids: list[int] | None,
         usage: ModelUsage,
         should_stop: StopFn | None,
-    ) -> tuple[list[np.ndarray], list[LlamaSeq]]:
+        want_hidden: bool = False,
+    ) -> tuple[list[np.ndarray], list[LlamaSeq], list[np.ndarray | None]]:
         """Decode each pair's tokens after its sequence, as `engines.rows.plan_forcing`
         plans the rows, and read log-probabilities: each token's when scoring
-        (`next_ids` None), else those of `next_ids` after all tokens."""
+        (`next_ids` None), else those of `next_ids` after all tokens. With
+        `want_hidden`, also each pair's final hidden state at the row that
+        predicts its last token (None for an empty pair, or when that row is a
+        parent's kept row from a decode without hidden states)."""
         checked = []
         for seq, cand in pairs:
             parent = self._check_seq(seq)
@@ -533,22 +648,33 @@ class LlamaModel(GGUFModel):
             by_id = {seq._id: seq for seq in children} | {parent._id: parent for parent, _ in checked}
             joined = [by_id[i] for i in plan.advanced]
             results = [np.empty(len(cand) if next_ids is None else len(next_ids), np.float64) for _, cand in checked]
+            hidden: list[np.ndarray | None] = [None] * len(checked)
+            last_slot = [len(cand) - 1 for _, cand in checked]
             scratch = self._scratch
 
             def read(out: N.Decoded) -> None:
-                for row_index, row in zip(out.rows.tolist(), out.logits):
+                for i, (row_index, row) in enumerate(zip(out.rows.tolist(), out.logits)):
                     if row_index in plan.reads:
                         _, log_z = logsumexp(row, scratch)
                         for j, slot, ids in plan.reads[row_index]:
                             results[j][slot : slot + len(ids)] = row[ids] - log_z
+                            if out.hidden is not None and slot == last_slot[j]:
+                                hidden[j] = out.hidden[i].copy()
                     if row_index in plan.keeps:
-                        by_id[plan.keeps[row_index]]._logits = row.copy()
+                        kept = by_id[plan.keeps[row_index]]
+                        kept._logits = row.copy()
+                        kept._hidden = None if out.hidden is None else out.hidden[i].copy()
 
             for j, slot, ids in plan.direct:
-                row = self._next_row(checked[j][0])
+                parent = checked[j][0]
+                row = self._next_row(parent)
                 _, log_z = logsumexp(row, scratch)
                 results[j][slot : slot + len(ids)] = row[ids] - log_z
-            self._native.decode_rows(plan.rows, usage, prefill=True, consume=read, should_stop=should_stop)
+                if want_hidden and slot == last_slot[j]:
+                    hidden[j] = parent._hidden
+            self._native.decode_rows(
+                plan.rows, usage, prefill=True, consume=read, should_stop=should_stop, hidden=want_hidden
+            )
         except BaseException:
             for child in children:
                 self._drop(child)
@@ -565,4 +691,5 @@ class LlamaModel(GGUFModel):
                 child._logits = None
             elif child._logits is None:
                 child._logits = parent._logits
-        return results, children
+                child._hidden = parent._hidden
+        return results, children, hidden

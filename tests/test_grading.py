@@ -132,6 +132,6 @@ def test_outside_the_main_thread_only_the_normalised_judge_runs() -> None:
     thread = threading.Thread(target=work)
     thread.start()
     thread.join()
-    assert results["numeric"].correct is True  # type: ignore[attr-defined]
+    assert results["numeric"].correct is True
     # math-verify would say yes, but it cannot run here; no ValueError escapes
-    assert results["symbolic"].correct is False  # type: ignore[attr-defined]
+    assert results["symbolic"].correct is False

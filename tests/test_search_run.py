@@ -273,7 +273,7 @@ def test_cancel_while_sampling_stops_the_model_call(method: str) -> None:
 def test_numpy_numbers_from_engines_become_plain_floats() -> None:
     engines = scripted_engines()
     plain_score = engines.reward.score
-    engines.reward.score = lambda queries, **kw: [np.float64(r) for r in plain_score(queries, **kw)]  # type: ignore[method-assign]
+    engines.reward.score = lambda queries, **kw: [np.float64(r) for r in plain_score(queries, **kw)]
     _, events, _ = solve("specs", engines=engines)
     scores = [s for e in of(events, CandidatesScored) for s in e.scores]
     assert scores and all(type(s.reward) is float and type(s.tilted) is float for s in scores)

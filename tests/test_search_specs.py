@@ -143,9 +143,11 @@ def choice_engines() -> ScriptedEngines:
 
 
 def test_accepted_draft_follows_softmax_of_score_over_temperature() -> None:
-    settings_for = lambda seed: SearchSettings(  # noqa: E731
-        n=4, temperature=1.0, beta=2.0, tau_accept=-100.0, first_step_target=False, max_steps=2, seed=seed
-    )
+    def settings_for(seed: int) -> SearchSettings:
+        return SearchSettings(
+            n=4, temperature=1.0, beta=2.0, tau_accept=-100.0, first_step_target=False, max_steps=2, seed=seed
+        )
+
     observed: Counter = Counter()
     expected: dict[str, float] = dict.fromkeys(CHOICES, 0.0)
     for seed in range(2000):
@@ -292,9 +294,10 @@ def test_vote_selection_weighs_answers_by_reward() -> None:
     # when two low-reward copies of one answer outweigh one high-reward answer.
     ends = ("A \\boxed{1}.", "B \\boxed{1}.", "C \\boxed{2}.")
     script = {"": tuple(Continuation(text, math.log(1 / 3), eos=True) for text in ends)}
-    engines_for = lambda: scripted_engines(  # noqa: E731
-        draft=script, target=script, rewards=dict(zip(ends, (0.5, 0.5, 0.8)))
-    )
+
+    def engines_for() -> ScriptedEngines:
+        return scripted_engines(draft=script, target=script, rewards=dict(zip(ends, (0.5, 0.5, 0.8))))
+
     base = {"first_step_target": False, "temperature": 1.0, "n": 24, "seed": 1}
     best, _, _ = solve(SearchSettings(**base), engines_for())
     vote, events, _ = solve(SearchSettings(answer_selection="vote", **base), engines_for())

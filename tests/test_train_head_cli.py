@@ -85,3 +85,10 @@ def test_value_head_reward_in_the_catalog(tmp_path: Path) -> None:
 def test_relative_heads_are_looked_for_in_the_package() -> None:
     spec = RewardSpec(kind="value-head", model="t", head="surely-not-in-the-user-folder.safetensors")
     assert spec.head_path == BUILTIN_HEADS / "surely-not-in-the-user-folder.safetensors"
+
+
+def test_plans_can_skip_problems() -> None:
+    [plan] = parse_plans("target@0.8*2/3", 0.3, has_draft=False)
+    assert plan.every == 3 and [i for i in range(7) if plan.applies(i)] == [0, 3, 6]
+    with pytest.raises(UserError, match="every 1 or more"):
+        parse_plans("target@0.8*2/0", 0.3, has_draft=False)

@@ -21,12 +21,15 @@ from app.commands.common import (
 )
 from app.errors import UserError
 
-DEFAULT_PLANS = "draft@T*2,draft@0.8*2,target@0.8*2"
-_PLAN = re.compile(r"^(draft|target)@(T|\d+(?:\.\d+)?)\*(\d+)$")
+DEFAULT_PLANS = "draft@T*2,draft@0.8*2,target@0.8*2/3"
+_PLAN = re.compile(r"^(draft|target)@(T|\d+(?:\.\d+)?)\*(\d+)(?:/(\d+))?$")
 
 
-def parse_plans(text: str, search_temperature: float, *, has_draft: bool) -> list[Any]:
-    """`draft@T*2,target@0.8*2` -> rollout plans (T: the preset's search temperature)."""
+def parse_plans(
+    text: str, search_temperature: float, *, has_draft: bool, max_steps: int = 12, max_step_tokens: int = 160
+) -> list[Any]:
+    """`draft@T*2,target@0.8*2/3` -> rollout plans (T: the preset's search temperature),
+    each writing steps as the search does (its step and token caps)."""
     from app.eval.rollouts import RolloutPlan
 
     plans = []
@@ -34,15 +37,24 @@ def parse_plans(text: str, search_temperature: float, *, has_draft: bool) -> lis
         match = _PLAN.match(part)
         if not match:
             raise UserError(
-                f"Invalid --plans entry {part!r}; write ROLE@TEMPERATURE*SAMPLES, e.g. --plans draft@T*2,target@0.8*2."
+                f"Invalid --plans entry {part!r}; write ROLE@TEMPERATURE*SAMPLES[/EVERY], e.g. --plans draft@T*2,target@0.8*2/3."
             )
-        role, temp, samples = match.groups()
+        role, temp, samples, every = match.groups()
         if role == "draft" and not has_draft:
             raise UserError(f"--plans names the draft ({part}) but the preset has no draft model.")
         temperature = search_temperature if temp == "T" else float(temp)
-        if not 0 <= temperature <= 5 or not 1 <= int(samples) <= 16:
-            raise UserError(f"Invalid --plans entry {part!r}: temperature 0-5 and 1-16 samples.")
-        plans.append(RolloutPlan(role, temperature, int(samples)))
+        if not 0 <= temperature <= 5 or not 1 <= int(samples) <= 16 or (every is not None and int(every) < 1):
+            raise UserError(f"Invalid --plans entry {part!r}: temperature 0-5, 1-16 samples, every 1 or more.")
+        plans.append(
+            RolloutPlan(
+                role,
+                temperature,
+                int(samples),
+                max_steps=max_steps,
+                max_step_tokens=max_step_tokens,
+                every=int(every or 1),
+            )
+        )
     if not plans:
         raise UserError(f"--plans is empty; e.g. --plans {DEFAULT_PLANS}.")
     return plans
@@ -81,7 +93,8 @@ def parse_rows(text: str) -> tuple[int, int | None]:
     "--plans",
     default=DEFAULT_PLANS,
     show_default=True,
-    help="Rollouts per problem: ROLE@TEMPERATURE*SAMPLES, T is the preset's search temperature.",
+    help="Rollouts per problem: ROLE@TEMPERATURE*SAMPLES[/EVERY] (T: the preset's search temperature;"
+    " /3: only every third problem, for a slow model).",
 )
 @click.option(
     "--judge/--no-judge", default=True, show_default=True, help="Measure the yes/no judge on the same held-out steps."
@@ -123,7 +136,13 @@ def command(
     start, end = parse_rows(rows)
     chosen = resolve_preset(load_catalog(), preset)
     settings = chosen.preset.settings()
-    rollout_plans = parse_plans(plans, settings.temperature, has_draft=chosen.draft is not None)
+    rollout_plans = parse_plans(
+        plans,
+        settings.temperature,
+        has_draft=chosen.draft is not None,
+        max_steps=settings.max_steps,
+        max_step_tokens=settings.max_step_tokens,
+    )
     data = load_dataset(dataset, offset=start, limit=None if end is None else end - start)
     problems = data.problems[:limit] if limit else data.problems
     if not problems:
@@ -173,6 +192,11 @@ def _train(
                     "correct_rollouts": sum(r.correct for r in rollouts),
                 },
             )
+    except ValueError as exc:  # the fit: every solution right, or every one wrong
+        raise UserError(
+            f"Cannot fit a head: {exc}; kept {len(training_rollouts(work))} rollouts in {work}. "
+            "Add problems (--limit, --rows) or a higher temperature in --plans and run again."
+        ) from None
     except KeyboardInterrupt:
         done = len(training_rollouts(work))
         echo_err(f"Stopped; {done} rollouts are kept in {work}; run the same command to go on.")

@@ -39,6 +39,11 @@ class RolloutPlan:
     max_steps: int = 12
     max_step_tokens: int = 160
     seed: int = 0
+    # Only every `every`-th problem (by position): a slow model writes for fewer.
+    every: int = 1
+
+    def applies(self, index: int) -> bool:
+        return index % self.every == 0
 
     @property
     def key(self) -> str:

@@ -114,6 +114,8 @@ class SearchContext:
         target must share a tokenizer (the official code uses one template too).
         """
         self.engines.reward.reset()
+        if getattr(self.engines.reward, "reads_policy_states", False) and "target" not in roles:
+            roles = (*roles, "target")  # a value head reads every step through the target
         prompt = self.engines.target.format_chat(SYSTEM_PROMPT, self.question)
         seqs = {role: self.hold(role, self.model(role).start(prompt)) for role in roles}
         root = Prefix(id="", steps=(), seqs=seqs)

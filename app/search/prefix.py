@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from app.search.events import Origin, merit
 from engines.base import Seq, StopReason
+
+if TYPE_CHECKING:
+    from engines.base import Vector
 
 
 @dataclass
@@ -43,6 +47,9 @@ class Candidate:
     reward: float = 0.0
     judged: bool = False  # whether `reward` came from the reward model
     result_prob: float | None = None  # the target's, of the step's least likely result (arithmetic.py)
+    # The target's final hidden state at the step's end, when the target was
+    # opened with hidden states (what a value-head reward reads).
+    state: Vector | None = None
     _tilted: float | None = field(default=None, repr=False)
 
     @property

@@ -95,6 +95,7 @@ class Step:
                 )
                 if role == "target":
                     self._check_results(candidate, draft.logprobs)
+                    candidate.state = draft.hidden
                 candidates.append(candidate)
         if role == "draft":
             ctx.counters.drafts_proposed += len(candidates)
@@ -135,6 +136,7 @@ class Step:
         for candidate, result in zip(candidates, forced):
             candidate.seqs["target"] = ctx.hold("target", result.seq)
             candidate.logprobs["target"] = ctx.norm(result.logprobs)
+            candidate.state = result.hidden
             self._check_results(candidate, result.logprobs)
 
     def reward(self, candidates: Sequence[Candidate]) -> None:
@@ -144,8 +146,15 @@ class Step:
         if not candidates:
             return
         ctx = self.ctx
+        if getattr(ctx.engines.reward, "reads_policy_states", False):
+            # A value head reads the target's state at each step end: steps the
+            # target has not read yet (a draft-only method's) are read first.
+            unread = [c for c in candidates if c.state is None and "target" not in c.seqs]
+            if unread:
+                self.teacher_force(unread)
         queries = [
-            RewardQuery(ctx.question, c.parent.steps, c.text, policy_seq=c.seqs.get("target")) for c in candidates
+            RewardQuery(ctx.question, c.parent.steps, c.text, policy_seq=c.seqs.get("target"), policy_state=c.state)
+            for c in candidates
         ]
         rewards = ctx.engines.reward.score(queries, should_stop=ctx.should_stop)
         for candidate, reward in zip(candidates, rewards):
