@@ -26,6 +26,7 @@ COMMANDS = {
     "bench": "Run methods side by side on a dataset: accuracy and latency.",
     "calibrate": "Sweep beta and the thresholds and save the chosen settings.",
     "train-head": "Train a value head (a reward read off the target's hidden states) for a preset.",
+    "serve": "Serve the search as OpenAI-compatible models over HTTP (/v1/chat/completions).",
 }
 
 
