@@ -15,6 +15,7 @@ from app.commands.common import (
     Consent,
     RuntimeOptions,
     build_settings,
+    check_output_dir,
     open_preset,
     preset_option,
     runtime_options,
@@ -225,11 +226,14 @@ def command(
       specs-local bench --dataset math500 --shuffle --seed 1 --limit 100 --out runs/math500
       specs-local bench --report-only --out runs/gsm8k --reference beam
     """
+    check_output_dir(out, "--out")
     if report_only:
         print_summary(write_report(out, reference), out)
         return
     if dataset is None:
         raise UserError("--dataset is missing; pass a JSON Lines file or a short name such as gsm8k.")
+    if trace_dir is not None:
+        check_output_dir(trace_dir, "--trace-dir")
     arms = parse_methods(methods)
     chosen = resolve_preset(load_catalog(), preset)
     settings = build_settings(chosen.preset.search, search)

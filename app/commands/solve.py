@@ -17,6 +17,7 @@ from app.commands.common import (
     Consent,
     RuntimeOptions,
     build_settings,
+    check_output_file,
     method_option,
     open_preset,
     preset_option,
@@ -153,6 +154,8 @@ def command(
     from app.search.trace import TraceWriter
 
     question = read_question(question)
+    if trace is not None:
+        trace = check_output_file(trace, "--trace")
     chosen = resolve_preset(load_catalog(), preset)
     method = method or chosen.preset.method
     settings = build_settings(chosen.preset.search, search)
