@@ -291,6 +291,30 @@ def test_fetch_replaces_a_damaged_blob(tiny: Tiny) -> None:
     assert len(tiny.hub.content_requests()) == 2
 
 
+def test_a_file_the_hub_serves_with_a_damaged_header_is_never_reported_ready(tiny: Tiny, capsys) -> None:
+    damaged = tiny.draft[:2000]  # the magic, then a header cut short; its sha256 is the Hub's own
+    tiny.hub.add_repo("test-org/damaged-GGUF", {"damaged-Q4_K_M.gguf": damaged})
+    for _ in range(2):  # asked again, the answer is the same
+        code, out, err = run(capsys, "download", "test-org/damaged-GGUF", "--file", "damaged-Q4_K_M.gguf")
+        assert code == 2 and out == ""
+        line = one_error_line(err)
+        assert "damaged-Q4_K_M.gguf has a damaged GGUF header, so it was deleted" in line
+        assert "test-org/damaged-GGUF serves it damaged, so choose another of its GGUF files with --file" in line
+        assert cached("test-org/damaged-GGUF", "damaged-Q4_K_M.gguf") is None
+    assert "damaged-q4_k_m" not in load_catalog().models  # never registered
+
+
+def test_a_cached_file_with_a_damaged_header_is_downloaded_again(tiny: Tiny, capsys) -> None:
+    assert run(capsys, "download", "tiny-llama")[0] == 0  # tiny-llama pins no sha256
+    blob = cached(LLAMA_REPO, LLAMA_FILE).resolve()
+    blob.write_bytes(tiny.llama[:3000])  # cut inside the header, as a crash of an older copy would leave it
+    code, out, err = run(capsys, "download", "tiny-llama")
+    assert code == 0, err
+    assert "has a damaged GGUF header; its cache entry was deleted" in err and "Downloading it again" in err
+    assert cached(LLAMA_REPO, LLAMA_FILE).read_bytes() == tiny.llama
+    assert f"tiny-llama: {cached(LLAMA_REPO, LLAMA_FILE)}" in out
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
