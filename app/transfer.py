@@ -15,6 +15,7 @@ import; this module reads it on every call and passes it explicitly.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
@@ -331,12 +332,21 @@ def _transfer(remote: RemoteFile, destination: Destination, tqdm_class: type[tqd
             if remote.size is not None and got > remote.size:
                 partial.unlink()
             reason = getattr(exc, "strerror", None) or type(exc).__name__
+            first = f"free some space in {partial.parent}, then " if _disk_full(exc) else ""
             raise DownloadError(
                 f"The download of {remote.file} stopped at {format_size(got)} of {format_size(remote.size)}"
-                f" ({reason}); run the same command again to resume it."
+                f" ({reason}); {first}run the same command again to resume it."
             ) from None
         os.replace(partial, final)
     return final
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    while exc is not None:  # a failed flush on close may stand in front of the write that failed
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__context__
+    return False
 
 
 def _size(path: Path) -> int:

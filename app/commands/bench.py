@@ -150,6 +150,17 @@ def run_arms(
     return outcome
 
 
+def report(out: Path, reference: str) -> dict[str, Any]:
+    """Write OUT's report; a disk that refuses it leaves the results as they are."""
+    try:
+        return write_report(out, reference)
+    except OSError as exc:
+        raise UserError(
+            f"Cannot write the report in {out} ({exc.strerror or type(exc).__name__}); the results stay in"
+            f" {out / RESULTS}: free some space and run `specs-local bench --report-only --out {out}`."
+        ) from None
+
+
 def print_summary(summary: dict[str, Any], out: Path) -> None:
     reference = summary["reference"]
     for method, m in summary["methods"].items():
@@ -228,7 +239,7 @@ def command(
     """
     check_output_dir(out, "--out")
     if report_only:
-        print_summary(write_report(out, reference), out)
+        print_summary(report(out, reference), out)
         return
     if dataset is None:
         raise UserError("--dataset is missing; pass a JSON Lines file or a short name such as gsm8k.")
@@ -254,4 +265,4 @@ def command(
         runtime=runtime,
         consent=Consent(assume_yes=yes, interactive=sys.stdin.isatty()),
     )
-    print_summary(write_report(out, reference), out)
+    print_summary(report(out, reference), out)

@@ -32,7 +32,6 @@ from app.eval.calibrate import (
     points_from_summary,
     table,
 )
-from app.eval.report import write_report
 from app.presets import resolve_preset
 
 GRID_FLAGS = {"beta": "--betas", "tau_accept": "--tau-accepts", "tau_switch": "--tau-switches"}
@@ -146,7 +145,7 @@ def command(
         consent=Consent(assume_yes=yes, interactive=sys.stdin.isatty()),
     )
 
-    summary = write_report(out, reference="beam")
+    summary = bench.report(out, reference="beam")
     baseline, points = points_from_summary(summary, arms)
     choice = choose(points, wanted, baseline)
     click.echo(table(points, baseline, choice))
