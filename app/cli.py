@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 import click
 
 from app.config import ConfigError
 from app.errors import UserError
+
+# ggml's CPU backend runs each graph in a GNU OpenMP parallel region, whose
+# workers spin between regions unless told to sleep. Spinning burns a core
+# while the app waits for input and, on a machine with other work, takes the
+# CPU from the thread that decodes: scripts/omp_wait_policy.py measured a
+# short solve at about 7 s passive against 70-140 s spinning on a loaded
+# 2-core machine. libgomp reads this when llama_cpp loads it, which is after
+# this module; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 COMMANDS = {
     "solve": "Solve one question with SPECS or a baseline, streaming the steps.",
