@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from app.config import Role
 from app.errors import UserError
+from app.hub import file_problem
 from app.presets import ModelInstance, ResolvedPreset
 from app.search.settings import SearchSettings
 from app.search.types import Engines
@@ -29,6 +30,20 @@ def sequence_capacity(settings: SearchSettings) -> int:
 def default_threads() -> int | None:
     env = os.environ.get("SPECS_LOCAL_THREADS")
     return int(env) if env else None
+
+
+def check_still_sound(instance: ModelInstance, preset: str) -> None:
+    """Refuse a file that was deleted or replaced by something unfit after the preset
+    found it (between `models` and `solve`, say): one sentence, before llama.cpp reads it.
+    Cheap: the magic and the header, not the sha256."""
+    entry, path = instance.entry, instance.path
+    assert path is not None
+    fix = f"run `specs-local download {preset}` to fetch it again" if entry.repo else f"put {entry.file} back there"
+    if not path.is_file():
+        raise UserError(f"{path}, the file of {entry.name}, is no longer there; {fix}.")
+    problem = file_problem(path, None, name=entry.file, echo=lambda _: None)
+    if problem is not None:
+        raise UserError(f"{path}, the file of {entry.name}, {problem.text}; {fix}.")
 
 
 @contextmanager
@@ -52,6 +67,7 @@ def open_engines(
             raise UserError(
                 f"The file of {instance.entry.name} is not on this machine; run `specs-local download {preset.name}`."
             )
+        check_still_sound(instance, preset.name)
         return LlamaModel(
             instance.path,
             name=instance.entry.name,

@@ -214,3 +214,38 @@ def test_real_small_model_as_draft_target_and_judge_answers_42(
     result = json.loads(out)
     assert result["answer"] == "42", result["solution"]
     assert result["stats"]["models"]["draft"]["generated"] > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda path: path.unlink(), "is no longer there; put target.gguf back there."),
+        (lambda path: path.write_bytes(b"<html>Not found</html>"), "is not a GGUF file; put target.gguf back there."),
+        (
+            lambda path: path.write_bytes(path.read_bytes()[:3000]),
+            "has a damaged GGUF header; put target.gguf back there.",
+        ),
+    ],
+)
+def test_a_model_file_changed_after_the_preset_found_it_is_one_sentence(
+    change, says: str, tmp_path: Path, tiny_qwen: Path, monkeypatch, capsys
+) -> None:
+    from app.commands import solve as solve_command
+    from app.presets import resolve_preset
+
+    draft, target = tmp_path / "draft.gguf", tmp_path / "target.gguf"
+    for path in (draft, target):
+        path.write_bytes(tiny_qwen.read_bytes())
+    monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(write_catalog(tmp_path / "m.toml", draft, target)))
+    code, out, _ = run_cli(["models", "--json"], capsys)
+    assert code == 0 and json.loads(out)["presets"]["tiny"]["ready"]
+
+    def resolve_then_change(*args, **kwargs):  # the file changes after it was found, before it loads
+        found = resolve_preset(*args, **kwargs)
+        change(target)
+        return found
+
+    monkeypatch.setattr(solve_command, "resolve_preset", resolve_then_change)
+    code, _out, err = run_cli(["solve", "What is 1 + 1?", "--preset", "tiny"], capsys)
+    assert code == 2, err
+    assert err.strip().splitlines() == [f"error: {target}, the file of tiny-target, {says}"]
