@@ -81,7 +81,9 @@ def cli(ctx: click.Context, verbose: int) -> None:
     # huggingface_hub logs through its own stderr handler already.
     logging.getLogger("huggingface_hub").propagate = False
     if ctx.invoked_subcommand is None:
-        ctx.invoke(cli.get_command(ctx, "tui"))
+        tui = cli.get_command(ctx, "tui")
+        assert tui is not None
+        ctx.invoke(tui)
 
 
 def main(argv: list[str] | None = None) -> int:
