@@ -158,6 +158,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix or remove it.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 or remove it.") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests arrays or tables too deeply to read; fix or remove it.") from None
     except OSError as exc:
         raise ConfigError(f"Cannot read {path} ({exc.strerror}).") from None
 
