@@ -221,10 +221,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not self.fake.seconds_per_piece:
             self.wfile.write(part)
             return
-        for start in range(0, len(part), _PIECE):
-            self.wfile.write(part[start : start + _PIECE])
-            self.wfile.flush()
-            time.sleep(self.fake.seconds_per_piece)
+        try:
+            for start in range(0, len(part), _PIECE):
+                self.wfile.write(part[start : start + _PIECE])
+                self.wfile.flush()
+                time.sleep(self.fake.seconds_per_piece)
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped (a Ctrl-C test)
+            self.close_connection = True
 
     def _error(self, status: int, code: str, message: str, commit: str | None = None) -> None:
         self.send_response(status)
