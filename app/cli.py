@@ -36,6 +36,7 @@ COMMANDS = {
     "doctor": "Check the llama.cpp build, the hardware and what each preset needs.",
     "bench": "Run methods side by side on a dataset: accuracy and latency.",
     "calibrate": "Sweep beta and the thresholds and save the chosen settings.",
+    "train-head": "Train a value head (a reward read off the target's hidden states) for a preset.",
 }
 
 
@@ -82,9 +83,9 @@ def cli(ctx: click.Context, verbose: int) -> None:
     # huggingface_hub logs through its own stderr handler already.
     logging.getLogger("huggingface_hub").propagate = False
     if ctx.invoked_subcommand is None:
-        tui = cli.get_command(ctx, "tui")
-        assert tui is not None
-        ctx.invoke(tui)
+        app_command = cli.get_command(ctx, "tui")
+        assert app_command is not None, "tui is one of COMMANDS"
+        ctx.invoke(app_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,10 @@ else:  # pragma: no cover
 BUILTIN_CATALOG = Path(__file__).with_name("models.toml")
 DEFAULT_MODELS_DIR = Path.home() / ".cache" / "specs-dev-models"
 
-RewardKind = Literal["judge", "token-prm", "step-tag-prm"]
+RewardKind = Literal["judge", "token-prm", "step-tag-prm", "value-head"]
+# Where a relative `head` path of a value-head reward is looked for after the
+# user's config folder: the heads shipped with the package.
+BUILTIN_HEADS = Path(__file__).with_name("heads")
 Role = Literal["draft", "target", "reward"]
 
 
@@ -68,6 +71,27 @@ class RewardSpec(BaseModel):
 
     kind: RewardKind
     model: str
+    head: str | None = None  # value-head only: the head file (`specs-local train-head` makes one)
+
+    @model_validator(mode="after")
+    def _head_for_value_heads(self) -> RewardSpec:
+        if self.kind == "value-head" and not self.head:
+            raise ValueError("a value-head reward needs `head`, the file `specs-local train-head` wrote")
+        if self.kind != "value-head" and self.head:
+            raise ValueError(f"`head` belongs to the value-head kind, not {self.kind}")
+        return self
+
+    @property
+    def head_path(self) -> Path | None:
+        """The head file: absolute or `~` paths as given; a relative one in the
+        user's config folder when it is there, else among the packaged heads."""
+        if not self.head:
+            return None
+        path = Path(os.path.expandvars(self.head)).expanduser()
+        if path.is_absolute():
+            return path
+        mine = user_config_path().parent / path
+        return mine if mine.exists() else BUILTIN_HEADS / path
 
 
 class Preset(BaseModel):
@@ -122,6 +146,11 @@ class Catalog(BaseModel):
                 if model not in self.models:
                     raise ValueError(f"preset {preset.name!r}: {role} model {model!r} is not defined")
             preset.settings()  # the preset's search table must validate
+            if preset.reward.kind == "value-head" and preset.reward.model != preset.target:
+                raise ValueError(
+                    f"preset {preset.name!r}: a value-head reward reads the target's hidden states, "
+                    f"so its model must be the target {preset.target!r}"
+                )
         if self.default_preset not in self.presets:
             raise ValueError(f"default_preset {self.default_preset!r} is not defined")
         return self

@@ -122,7 +122,7 @@ def check_vocabulary(preset: ResolvedPreset) -> str | None:
         return None
     assert draft.path is not None and target.path is not None, "compare only files that are here"
     try:
-        from engines.llama import check_vocab_files
+        from engines.vocab import check_vocab_files
     except ImportError as exc:
         return f"The vocabularies of {preset.name}'s draft and target were not compared ({exc})."
     try:

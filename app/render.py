@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from app.search.events import Stats
+from app.search.events import Deferred, Stats, SwitchedToDraft
 
 # Roles in the order a reader meets them in a SPECS step.
 ROLES = ("draft", "target", "reward")
@@ -62,6 +62,26 @@ def stats_footer(stats: Stats) -> str:
         parts.append(f"acceptance {acceptance(stats)}")
         parts.append(f"deferrals {stats.deferrals}")
     return " · ".join(parts)
+
+
+def deferral_reason(event: Deferred) -> str:
+    """Why a step went to the target, e.g. `the best draft scored 5.31, not
+    above tau_accept 7; the target doubted a result in 1 of 4 (p = 0.01)`."""
+    t = event.threshold
+    if t.bounds == "tilted":
+        reason = f"the best draft scored {event.best:.3g}, not above {t.name} {t.value:g}"
+    else:
+        reason = f"the draft step's reward {event.best:.3g} is below {t.name} {t.value:g}"
+    if event.doubted:
+        reason += f"; the target doubted a result in {event.doubted} of {event.drafts}"
+        if event.lowest_result_prob is not None:
+            reason += f" (p = {event.lowest_result_prob:.2g})"
+    return reason
+
+
+def switch_reason(event: SwitchedToDraft) -> str:
+    """Why the search went back to the draft, e.g. `reward 0.84 > tau_switch 0.70`."""
+    return f"reward {event.reward:.2f} > {event.threshold.name} {event.threshold.value:.2f}"
 
 
 def speedup(fast_seconds: float, slow_seconds: float) -> str:

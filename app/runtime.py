@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.config import Role
@@ -17,7 +19,9 @@ from app.search.settings import SearchSettings
 from app.search.types import Engines
 
 if TYPE_CHECKING:
+    from engines.base import RewardModel
     from engines.llama import LlamaModel
+    from engines.value_head import ValueHead, ValueHeadReward
 
 
 def sequence_capacity(settings: SearchSettings) -> int:
@@ -30,6 +34,47 @@ def sequence_capacity(settings: SearchSettings) -> int:
 def default_threads() -> int | None:
     env = os.environ.get("SPECS_LOCAL_THREADS")
     return int(env) if env else None
+
+
+@contextmanager
+def open_engines(
+    preset: ResolvedPreset,
+    settings: SearchSettings,
+    *,
+    threads: int | None = None,
+    n_gpu_layers: int | None = None,
+) -> Iterator[Engines]:
+    """The preset's engines; every file of it must be here (app.commands.common.open_preset
+    downloads missing ones first)."""
+    from engines.reward import build_reward
+    from engines.vocab import check_shared_vocab
+
+    threads = threads if threads is not None else default_threads()
+    n_seq_max = sequence_capacity(settings)
+
+    def load(instance: ModelInstance, *, hidden_states: bool = False) -> LlamaModel:
+        return _load(preset, instance, n_seq_max, threads, n_gpu_layers, hidden_states=hidden_states)
+
+    spec = preset.preset.reward
+    # A value head reads the target's hidden states: load its head before any model.
+    head = load_value_head(preset) if spec.kind == "value-head" else None
+    with ExitStack() as stack:
+        models: dict[Role, LlamaModel] = {}
+        for instance in preset.instances():
+            model = stack.enter_context(load(instance, hidden_states=head is not None and "target" in instance.roles))
+            models.update(dict.fromkeys(instance.roles, model))
+            if "draft" in instance.roles:  # the target is loaded first: refuse a mismatch before the reward model
+                check_shared_vocab(model, models["target"])
+        if head is not None:
+            yield Engines(
+                target=models["target"],
+                reward=value_head_reward(head, preset, models["target"]),
+                draft=models.get("draft"),
+            )
+        else:
+            yield Engines(
+                target=models["target"], reward=build_reward(spec.kind, models["reward"]), draft=models.get("draft")
+            )
 
 
 def check_still_sound(instance: ModelInstance, preset: str) -> None:
@@ -46,43 +91,88 @@ def check_still_sound(instance: ModelInstance, preset: str) -> None:
         raise UserError(f"{path}, the file of {entry.name}, {problem.text}; {fix}.")
 
 
-@contextmanager
-def open_engines(
+def _load(
     preset: ResolvedPreset,
-    settings: SearchSettings,
+    instance: ModelInstance,
+    n_seq_max: int,
+    threads: int | None,
+    n_gpu_layers: int | None,
     *,
-    threads: int | None = None,
-    n_gpu_layers: int | None = None,
-) -> Iterator[Engines]:
-    """The preset's engines; every file of it must be here (app.commands.common.open_preset
-    downloads missing ones first)."""
-    from engines.llama import LlamaModel, check_shared_vocab
-    from engines.reward import build_reward
+    hidden_states: bool = False,
+) -> LlamaModel:
+    from engines.llama import LlamaModel
 
-    threads = threads if threads is not None else default_threads()
-    n_seq_max = sequence_capacity(settings)
-
-    def load(instance: ModelInstance) -> LlamaModel:
-        if instance.path is None:
-            raise UserError(
-                f"The file of {instance.entry.name} is not on this machine; run `specs-local download {preset.name}`."
-            )
-        check_still_sound(instance, preset.name)
-        return LlamaModel(
-            instance.path,
-            name=instance.entry.name,
-            n_ctx=instance.entry.context,
-            n_seq_max=n_seq_max,
-            n_gpu_layers=n_gpu_layers,
-            n_threads=threads,
+    if instance.path is None:
+        raise UserError(
+            f"The file of {instance.entry.name} is not on this machine; run `specs-local download {preset.name}`."
         )
+    check_still_sound(instance, preset.name)
+    return LlamaModel(
+        instance.path,
+        name=instance.entry.name,
+        n_ctx=instance.entry.context,
+        n_seq_max=n_seq_max,
+        n_gpu_layers=n_gpu_layers,
+        n_threads=threads,
+        hidden_states=hidden_states,
+    )
 
+
+def load_value_head(preset: ResolvedPreset) -> ValueHead:
+    """The preset's head file, read and checked against the target's file
+    (its sha256 pinned in the catalog, or computed) before any model loads."""
+    from engines.value_head import check_head_fits, load_head
+
+    path = preset.preset.reward.head_path
+    assert path is not None, "the catalog requires a head for the value-head kind"
+    head = load_head(path)
+    target = preset.target
+    if target.path is not None:
+        sha = target.entry.sha256 or _sha256(target.path)
+        check_head_fits(head, path, model_name=target.entry.name, hidden_size=head.hidden_size, model_sha256=sha)
+    return head
+
+
+def _sha256(path: Path) -> str:
+    from app.hub import sha256_of
+
+    return sha256_of(path)
+
+
+def value_head_reward(head: ValueHead, preset: ResolvedPreset, target: LlamaModel) -> ValueHeadReward:
+    """The reward, once the target shows its hidden size matches the head's."""
+    from engines.value_head import ValueHeadReward, check_head_fits
+
+    path = preset.preset.reward.head_path
+    assert path is not None
+    check_head_fits(head, path, model_name=preset.target.entry.name, hidden_size=target.n_embd, model_sha256=None)
+    return ValueHeadReward(head, model_name=preset.target.entry.name)
+
+
+@dataclass
+class TrainingModels:
+    draft: LlamaModel | None
+    target: LlamaModel  # with hidden states on
+    judge: RewardModel  # the yes/no judge on the target, for comparison
+
+
+@contextmanager
+def open_training_models(
+    preset: ResolvedPreset, *, threads: int | None = None, n_gpu_layers: int | None = None
+) -> Iterator[TrainingModels]:
+    """The draft and the target (hidden states on) of a preset, and a judge on the target."""
+    from engines.reward import build_reward
+    from engines.vocab import check_shared_vocab
+
+    n_seq_max = 32
     with ExitStack() as stack:
-        models: dict[Role, LlamaModel] = {}
-        for instance in preset.instances():
-            model = stack.enter_context(load(instance))
-            models.update(dict.fromkeys(instance.roles, model))
-            if "draft" in instance.roles:  # the target is loaded first: refuse a mismatch before the reward model
-                check_shared_vocab(model, models["target"])
-        reward = build_reward(preset.preset.reward.kind, models["reward"])
-        yield Engines(target=models["target"], reward=reward, draft=models.get("draft"))
+        target_instance = next(i for i in preset.instances() if "target" in i.roles)
+        target = stack.enter_context(
+            _load(preset, target_instance, n_seq_max, threads, n_gpu_layers, hidden_states=True)
+        )
+        draft = None
+        if preset.draft is not None:
+            draft_instance = next(i for i in preset.instances() if "draft" in i.roles)
+            draft = stack.enter_context(_load(preset, draft_instance, n_seq_max, threads, n_gpu_layers))
+            check_shared_vocab(draft, target)
+        yield TrainingModels(draft=draft, target=target, judge=build_reward("judge", target))

@@ -5,6 +5,8 @@
   warnings), and is silent unless the application configures logging.
 - GGUF files are checked in Python (magic, header, size) before llama.cpp sees
   them, so a bad file is a `ModelLoadError`, never a crash.
+- `NativeContext` is the one kind of context the engine uses: a unified KV
+  cache shared by a pool of sequences, and every llama.cpp call on it.
 - `NativeBatch` is a `llama_batch` whose arrays are numpy buffers, with any
   number of sequence ids per row (rows shared by identical histories).
 """
@@ -18,16 +20,21 @@ import os
 import signal
 import struct
 import threading
+import time
+import weakref
 from collections import deque
+from collections.abc import Callable
+from itertools import chain
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import gguf
 import llama_cpp as L
 import numpy as np
 
-from engines.base import ModelLoadError
+from engines.base import Cancelled, ContextFullError, EngineError, ModelLoadError, ModelUsage
 from engines.gguf_info import MAGIC, _HeaderParser
+from engines.rows import Rows, chunks
 
 logger = logging.getLogger("llama.cpp")
 logger.addHandler(logging.NullHandler())  # quiet unless the application adds handlers
@@ -176,6 +183,228 @@ def load_model(path: Path, *, n_gpu_layers: int, vocab_only: bool) -> L.llama_mo
     if not model:
         raise ModelLoadError(f"cannot load {path}: llama.cpp says: {first_error()}.")
     return model
+
+
+FLASH_ATTN = {
+    "auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+DEFAULT_N_CTX = 4096
+
+
+def _free(ctx: object, model: object) -> None:
+    if ctx:
+        L.llama_free(ctx)
+    if model:
+        L.llama_model_free(model)
+
+
+class Decoded(NamedTuple):
+    """The output rows of one decode: their indices among the rows asked for, and
+    their logits (llama.cpp's own buffer, overwritten by the next decode)."""
+
+    rows: np.ndarray
+    logits: np.ndarray
+    # Final hidden states of the same rows (llama.cpp's buffer too), when asked for.
+    hidden: np.ndarray | None = None
+
+
+class NativeContext:
+    """One loaded GGUF and one llama.cpp context whose `n_seq_max` sequences share
+    a unified KV cache (so a fork shares its prefix's cells instead of copying
+    them, and one batch row may carry several sequence ids). Every call the
+    engine makes into llama.cpp about a model goes through here."""
+
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        *,
+        n_ctx: int | None,
+        n_seq_max: int,
+        n_batch: int,
+        n_gpu_layers: int | None,
+        n_threads: int | None,
+        flash_attn: str | bool,
+    ) -> None:
+        max_seqs = L.llama_max_parallel_sequences()
+        if not 1 <= n_seq_max <= max_seqs:
+            raise ValueError(f"n_seq_max must be between 1 and {max_seqs}, not {n_seq_max}")
+        if n_batch < 1:
+            raise ValueError(f"n_batch must be at least 1, not {n_batch}")
+        if n_ctx is not None and n_ctx < 1:
+            raise ValueError(f"n_ctx must be at least 1, not {n_ctx}")
+        if isinstance(flash_attn, bool):
+            flash_attn = "on" if flash_attn else "off"
+        if flash_attn not in FLASH_ATTN:
+            raise ValueError(f"flash_attn must be one of {sorted(FLASH_ATTN)} or a bool, not {flash_attn!r}")
+        self.name = name
+        self.gpu_layers = (-1 if L.llama_supports_gpu_offload() else 0) if n_gpu_layers is None else n_gpu_layers
+        self.model = load_model(path, n_gpu_layers=self.gpu_layers, vocab_only=False)
+        self.n_ctx_train: int = L.llama_model_n_ctx_train(self.model)
+        self.n_ctx = min(n_ctx or DEFAULT_N_CTX, self.n_ctx_train)
+        self.n_seq_max = n_seq_max
+        self.n_batch = n_batch
+        self.n_threads = n_threads or default_threads()
+        params = L.llama_context_default_params()
+        params.n_ctx = self.n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq_max
+        # llama.cpp reserves an output row per sequence up front and aborts if
+        # that exceeds n_outputs_max (which defaults to n_batch).
+        params.n_outputs_max = max(n_batch, n_seq_max)
+        params.kv_unified = True
+        params.flash_attn_type = FLASH_ATTN[flash_attn]
+        params.n_threads = self.n_threads
+        params.n_threads_batch = self.n_threads
+        params.no_perf = True
+        clear_errors()
+        self.ctx = L.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            L.llama_model_free(self.model)
+            raise ModelLoadError(
+                f"cannot create a {self.n_ctx}-token context for {path}: llama.cpp says: {first_error()}."
+            )
+        self._finalizer = weakref.finalize(self, _free, self.ctx, self.model)
+        self.memory = L.llama_get_memory(self.ctx)
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.n_vocab: int = L.llama_vocab_n_tokens(self.vocab)
+        # The width of a hidden-state row (the input of the output layer).
+        self.n_embd: int = L.llama_model_n_embd_out(self.model)
+        self._batch = NativeBatch(n_batch)
+        # Output rows per decode: llama.cpp keeps a logits buffer as large as the
+        # most rows ever asked for at once (n_vocab floats each), so cap it.
+        self.max_outputs = max(n_seq_max, min(n_batch, 64))
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def close(self) -> None:
+        """Free the context and the weights (closing twice is harmless)."""
+        self._finalizer()
+
+    @property
+    def chat_template(self) -> str | None:
+        template = L.llama_model_chat_template(self.model, None)
+        return template.decode("utf-8", "replace") if template else None
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Size of the f16 KV cache of the whole context."""
+        n_head = L.llama_model_n_head(self.model)
+        head_dim = L.llama_model_n_embd(self.model) // max(1, n_head)
+        kv_width = L.llama_model_n_head_kv(self.model) * head_dim
+        return L.llama_model_n_layer(self.model) * L.llama_n_ctx(self.ctx) * 2 * kv_width * 2
+
+    def decode_rows(
+        self,
+        rows: Rows,
+        usage: ModelUsage,
+        *,
+        prefill: bool,
+        consume: Callable[[Decoded], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        hidden: bool = False,
+    ) -> None:
+        """Decode `rows` in chunks of at most n_batch rows (and `max_outputs` output
+        rows); `consume` sees each chunk's output rows before the next chunk.
+
+        With `hidden`, the decode also returns each row's final hidden state
+        (llama.cpp's embeddings with pooling NONE: the input of the output
+        layer). llama.cpp then makes every row of the batch an output, so every
+        row is treated as one here (they are chunked by `max_outputs`)."""
+        tokens = np.asarray(rows.tokens, np.int32)
+        positions = np.asarray(rows.positions, np.int32)
+        counts = np.fromiter(map(len, rows.seq_ids), np.int32, len(rows.seq_ids))
+        ids = np.fromiter(chain.from_iterable(rows.seq_ids), np.int32)
+        outputs = np.ones(len(tokens), np.int8) if hidden else np.asarray(rows.outputs, np.int8)
+        id_starts = np.cumsum(counts) - counts
+        if hidden:
+            L.llama_set_embeddings(self.ctx, True)
+        try:
+            self._decode_chunks(
+                tokens, positions, counts, ids, outputs, id_starts, usage, prefill, consume, should_stop, hidden
+            )
+        finally:
+            if hidden:
+                L.llama_set_embeddings(self.ctx, False)
+
+    def _decode_chunks(
+        self,
+        tokens: np.ndarray,
+        positions: np.ndarray,
+        counts: np.ndarray,
+        ids: np.ndarray,
+        outputs: np.ndarray,
+        id_starts: np.ndarray,
+        usage: ModelUsage,
+        prefill: bool,
+        consume: Callable[[Decoded], None] | None,
+        should_stop: Callable[[], bool] | None,
+        hidden: bool,
+    ) -> None:
+        for start, end, out_rows in chunks(outputs, self.n_batch, self.max_outputs):
+            if should_stop is not None and should_stop():
+                raise Cancelled()
+            id_end = int(id_starts[end - 1] + counts[end - 1])
+            batch = self._batch.fill(
+                tokens[start:end],
+                positions[start:end],
+                counts[start:end],
+                ids[int(id_starts[start]) : id_end],
+                outputs[start:end],
+            )
+            clear_errors()
+            with NativeTime(usage):
+                rc = L.llama_decode(self.ctx, batch)
+            if rc != 0:
+                raise self._decode_error(rc, end - start)
+            usage.decoded_rows += end - start
+            if prefill:
+                usage.prefilled += end - start
+            if consume is not None and len(out_rows):
+                logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(out_rows), self.n_vocab))
+                states = None
+                if hidden:
+                    pointer = L.llama_get_embeddings(self.ctx)
+                    if not pointer:
+                        raise EngineError(f"llama.cpp returned no hidden states for {self.name}.")
+                    states = np.ctypeslib.as_array(pointer, shape=(len(out_rows), self.n_embd))
+                consume(Decoded(out_rows, logits, states))
+
+    def _decode_error(self, rc: int, n_rows: int) -> EngineError:
+        if rc == 1:
+            return ContextFullError(
+                f"the KV cache of {self.name} ({self.n_ctx} cells) has no room for {n_rows} more tokens "
+                "next to the live sequences; release sequences or raise the context size."
+            )
+        return EngineError(f"llama.cpp could not decode a batch for {self.name} (code {rc}): {first_error()}.")
+
+    def copy_sequence(self, source: int, target: int) -> None:
+        """Make `target` hold every cell of `source` (shared, not copied)."""
+        L.llama_memory_seq_cp(self.memory, source, target, -1, -1)
+
+    def remove(self, seq_id: int, start: int = -1) -> bool:
+        """Drop a sequence's cells from position `start` on (all of them by default)."""
+        return bool(L.llama_memory_seq_rm(self.memory, seq_id, start, -1))
+
+
+class NativeTime:
+    """Adds the time spent in llama.cpp to a usage record."""
+
+    __slots__ = ("t0", "usage")
+
+    def __init__(self, usage: ModelUsage):
+        self.usage = usage
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.usage.native_seconds += time.perf_counter() - self.t0
 
 
 def default_threads() -> int:

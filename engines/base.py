@@ -1,7 +1,7 @@
 """The small protocols the search depends on.
 
 Nothing here imports llama_cpp: `app/search` programs against these shapes, and
-`engines/llama.py` (real models) and `engines/scripted.py` (tests) fill them.
+`engines/llama.py` (real models) and `engines/testing/scripted.py` (tests) fill them.
 
 Ownership of sequences: every `Seq` a call returns belongs to the caller, who
 must `release` it when done with it (a model has a fixed pool of sequence ids).
@@ -13,9 +13,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    # A hidden state: a row of floats (numpy in the engines, lists in tests).
+    Vector = Sequence[float] | npt.NDArray[np.floating]
 
 STEP_DELIMITER = "\n\n"
+# The system turn before every question; answers are read from their \boxed{}.
+SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
 class EngineError(Exception):
@@ -67,14 +76,17 @@ class Seq(Protocol):
 
 
 @dataclass
-class Draft:
-    """One sampled continuation of a sequence."""
+class Sampled:
+    """One sampled continuation of a sequence (a draft's candidate step, or the target's own)."""
 
     tokens: list[int]
     text: str
     logprobs: list[float]  # per token, under the sampling model, unscaled (T=1)
     stop: StopReason
     seq: Seq  # parent + these tokens, cached in the sampling model; the caller owns it
+    # The model's final hidden state at the row that predicted the last token,
+    # when the model was opened with hidden states on (None otherwise).
+    hidden: Vector | None = None
 
 
 @dataclass
@@ -83,6 +95,9 @@ class Scored:
 
     logprobs: list[float]
     seq: Seq  # parent + the scored tokens, cached; the caller owns it
+    # The final hidden state at the row that predicts the last scored token,
+    # when the model was opened with hidden states on (None otherwise).
+    hidden: Vector | None = None
 
 
 @dataclass
@@ -162,7 +177,7 @@ class LanguageModel(Protocol):
         *,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
-    ) -> list[list[Draft]]:
+    ) -> list[list[Sampled]]:
         """k continuations of every sequence, all advanced together."""
         ...
 
@@ -186,7 +201,7 @@ class RewardQuery:
     policy_seq: Seq | None = field(default=None, compare=False)
     # The target's final hidden state at the candidate's end, when the target
     # was asked for hidden states (what a value-head reward reads).
-    policy_state: Sequence[float] | None = field(default=None, compare=False)
+    policy_state: Vector | None = field(default=None, compare=False)
 
 
 class RewardModel(Protocol):

@@ -19,10 +19,6 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from engines.base import EngineError
 
-# The same text as app.search.settings.SYSTEM_PROMPT (engines must not import
-# app; a test keeps the two equal).
-SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
-
 CHATML_TEMPLATE = (
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"

@@ -27,9 +27,8 @@ from typing import cast
 
 import numpy as np
 
-from engines.base import EngineError, ModelUsage, RewardQuery, StopFn, timed
+from engines.base import SYSTEM_PROMPT, EngineError, ModelUsage, RewardQuery, StopFn, timed
 from engines.llama import LlamaModel, LlamaSeq
-from engines.prompts import SYSTEM_PROMPT
 
 Key = tuple[str, tuple[str, ...]]
 

@@ -32,9 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import llama_cpp as L
 import numpy as np
 
-from engines.base import SampleParams, Seq, StopReason
+from engines.base import SYSTEM_PROMPT, SampleParams, Seq, StopReason
 from engines.llama import LlamaModel, LlamaSeq
-from engines.prompts import SYSTEM_PROMPT
 
 QUESTIONS = [
     "List the first forty prime numbers, one per line, with a short remark on each.",
@@ -68,7 +67,7 @@ def rss_mb() -> float:
 
 def plain_loop(model: LlamaModel, prompt: list[int], batch: int, n_tokens: int) -> float:
     """Tokens/s of the textbook batched greedy loop on the model's own context."""
-    ctx, mem = model._ctx, L.llama_get_memory(model._ctx)
+    ctx, mem = model._native.ctx, model._native.memory
     seq_ids = list(range(model.n_seq_max - batch, model.n_seq_max))  # ids the engine leaves free here
     tokens = (L.llama_token * len(prompt))(*prompt)
     b = L.llama_batch_init(max(len(prompt), batch), 0, 1)

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.search.arithmetic import results_with_probability
 from app.search.events import CandidatesDrafted, SearchStarted, StepAccepted
-from app.search.settings import SYSTEM_PROMPT
 from app.search.trace import read_trace
+from engines.base import SYSTEM_PROMPT
 from engines.llama import LlamaModel
 
 _OPERATORS = [("\\times", "*"), ("×", "*"), ("\\cdot", "*"), ("\\div", "/"), ("÷", "/"), ("\\$", ""), ("$", "")]
@@ -107,17 +107,18 @@ def main() -> int:
             model.release(prefix)
             print(f"{path.name}: {len(probs[True])} right, {len(probs[False])} wrong results so far", flush=True)
 
-    right, wrong = probs[True], probs[False]
-    print(f"\nresults with plain arithmetic: {len(right)} right, {len(wrong)} wrong")
-    for name, values in (("right", right), ("wrong", wrong)):
+    right_probs, wrong_probs = probs[True], probs[False]
+    print(f"\nresults with plain arithmetic: {len(right_probs)} right, {len(wrong_probs)} wrong")
+    for name, values in (("right", right_probs), ("wrong", wrong_probs)):
         if values:
             q = statistics.quantiles(values, n=10) if len(values) > 1 else values * 9
             print(f"  {name}: median p {statistics.median(values):.3f}, p10 {q[0]:.3f}, p90 {q[-1]:.3f}")
     for threshold in (0.05, 0.1, 0.2, 0.3, 0.5):
-        flagged_wrong = sum(p < threshold for p in wrong)
-        flagged_right = sum(p < threshold for p in right)
+        flagged_wrong = sum(p < threshold for p in wrong_probs)
+        flagged_right = sum(p < threshold for p in right_probs)
         print(
-            f"  threshold {threshold:.2f}: flags {flagged_wrong}/{len(wrong)} wrong, {flagged_right}/{len(right)} right"
+            f"  threshold {threshold:.2f}: flags {flagged_wrong}/{len(wrong_probs)} wrong,"
+            f" {flagged_right}/{len(right_probs)} right"
         )
     return 0
 

@@ -12,7 +12,7 @@ import pytest
 
 from app.cli import main
 from app.commands import bench as bench_command
-from engines.scripted import FakeClock, scripted_engines
+from engines.testing.scripted import FakeClock, scripted_engines
 
 
 @pytest.fixture(autouse=True)
@@ -228,7 +228,7 @@ def test_ctrl_c_keeps_results_and_says_how_to_resume(
                 raise KeyboardInterrupt
             return score(*args, **kw)
 
-        engines.reward.score = score_then_interrupt  # type: ignore[method-assign]
+        engines.reward.score = score_then_interrupt
         yield engines
 
     monkeypatch.setattr(bench_command, "open_preset", interrupting)

@@ -25,7 +25,7 @@ from app.search import run as search_run
 from app.search.events import Finished
 from app.search.settings import SearchSettings
 from app.search.trace import read_trace
-from engines.scripted import ARITHMETIC_QUESTION, scripted_engines
+from engines.testing.scripted import ARITHMETIC_QUESTION, scripted_engines
 
 PROBLEMS = [
     Problem("p0", ARITHMETIC_QUESTION, "42"),
@@ -91,6 +91,12 @@ def test_every_problem_and_method_gets_one_line(tmp_path: Path) -> None:
         ("p2", "beam"),
     ]
     for row in rows:
+        assert list(row) == [
+            "id", "method", "search", "seed", "answer", "reference", "correct", "judge", "latency",
+            "wall_seconds", "overhead_seconds", "models", "steps", "draft_steps", "target_steps",
+            "deferrals", "switches", "acceptance", "error",
+        ]  # fmt: skip
+        assert list(row["models"]["target"]) == ["seconds", "native_seconds", "generated", "prefilled"]
         assert row["answer"] == "42"
         assert row["correct"] is (row["reference"] == "42")
         assert row["seed"] == problem_seed(0, row["id"])  # same seed for every method of a problem

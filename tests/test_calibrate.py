@@ -23,7 +23,7 @@ from app.eval.calibrate import (
     parse_objective,
     table,
 )
-from engines.scripted import FakeClock, scripted_engines
+from engines.testing.scripted import FakeClock, scripted_engines
 
 BASELINE = Point("beam", {}, 0.80, 10.0, 100)
 A = Point("A", {"beta": 10}, 0.81, 9.0, 100)

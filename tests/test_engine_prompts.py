@@ -6,13 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.search.settings import SYSTEM_PROMPT as APP_SYSTEM_PROMPT
 from engines.base import EngineError
-from engines.prompts import CHATML_TEMPLATE, SYSTEM_PROMPT, render_chat
-
-
-def test_the_engines_copy_of_the_system_prompt_matches_the_apps() -> None:
-    assert SYSTEM_PROMPT == APP_SYSTEM_PROMPT
+from engines.prompts import CHATML_TEMPLATE, render_chat
 
 
 def test_format_chat_uses_the_gguf_template(tiny_qwen: Path, tiny_llama: Path, open_model) -> None:

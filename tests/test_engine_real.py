@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.base import SampleParams, StopReason
-from engines.llama import LlamaModel, check_vocab_files
-from engines.prompts import SYSTEM_PROMPT
+from engines.base import SYSTEM_PROMPT, SampleParams, StopReason
+from engines.llama import LlamaModel
+from engines.vocab import check_vocab_files
 
 pytestmark = pytest.mark.real
 

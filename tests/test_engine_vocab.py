@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engines.base import ModelLoadError, VocabularyMismatch
-from engines.llama import check_shared_vocab, check_vocab_files
+from engines.vocab import check_shared_vocab, check_vocab_files
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_vocabularies_are_compared_like_llama_cpp_does(vocab_files, open_model, 
     if problem is None:
         check_shared_vocab(draft_model, target_model)
         check_vocab_files(vocab_files[draft], vocab_files[target])
-        assert draft_model._sample_limit == min(draft_model.n_vocab, target_model.n_vocab)
+        assert draft_model.sampler.limit == min(draft_model.n_vocab, target_model.n_vocab)
         return
     message = f"the draft {draft_model.name} cannot propose tokens for the target {target_model.name}: {problem}; "
     with pytest.raises(VocabularyMismatch, match=re.escape(message)):

@@ -10,7 +10,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HEADLESS = [
     "engines.base",
-    "engines.scripted",
+    "engines.rows",
+    "engines.sampling",
+    "engines.testing.scripted",
     "app.search",
     *sorted(f"app.search.{p.stem}" for p in (ROOT / "app" / "search").glob("*.py") if p.stem != "__init__"),
     *sorted(f"app.eval.{p.stem}" for p in (ROOT / "app" / "eval").glob("*.py") if p.stem != "__init__"),
@@ -35,7 +37,7 @@ def test_a_search_runs_without_llama_cpp_or_textual() -> None:
         "import sys\n"
         "from app.search import run\n"
         "from app.search.settings import SearchSettings\n"
-        "from engines.scripted import ARITHMETIC_QUESTION, scripted_engines\n"
+        "from engines.testing.scripted import ARITHMETIC_QUESTION, scripted_engines\n"
         "e = scripted_engines()\n"
         "f = run('specs', ARITHMETIC_QUESTION, e, SearchSettings(), clock=e.clock)\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('llama_cpp', 'textual'))\n"

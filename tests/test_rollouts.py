@@ -9,7 +9,7 @@ import pytest
 from app.eval.datasets import Problem
 from app.eval.rollouts import RolloutPlan, read_rollouts, sample_rollouts
 from app.search.forced import ANSWER_CUE, force_answer
-from engines.scripted import Continuation, ScriptedModel
+from engines.testing.scripted import Continuation, ScriptedModel
 
 UNBOXED = {
     "": (Continuation("Add 12 and 30.\n\n", -0.1),),

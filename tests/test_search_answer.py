@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.search.answer import Completion, last_boxed, normalize, pick_best, pick_by_vote, select
+from app.eval.grading import normalised_equal
+from app.search.answer import Completion, answer_key, last_boxed, normalize, pick_best, pick_by_vote, select
 from app.search.settings import SearchSettings
 
 
@@ -47,11 +48,31 @@ def test_normalize(raw: str, canonical: str) -> None:
     assert normalize(raw) == canonical
 
 
-def completion(cid: str, answer: str | None, score: float, reward: float) -> Completion:
-    return Completion(id=cid, solution=f"... \\boxed{{{answer}}}", answer=answer, score=score, reward=reward)
+@pytest.mark.parametrize(
+    "spellings",
+    [
+        ("0.5", "\\frac12", "1/2", "\\dfrac{1}{2}", "$0.50$"),
+        ("1000", "1,000", "1{,}000", "\\$1,000", "1000 dollars"),
+        ("(C)", "C", "\\text{(C)}"),
+        ("y = 2x + 3", "2x+3"),
+    ],
+)
+def test_votes_count_together_what_grading_calls_equal(spellings: tuple[str, ...]) -> None:
+    assert len({answer_key(s) for s in spellings}) == 1
+    assert all(normalised_equal(s, spellings[0]) for s in spellings)
+    assert not normalised_equal(spellings[0], "7") and answer_key(spellings[0]) != answer_key("7")
 
 
-def test_best_is_the_highest_score_first_on_ties() -> None:
+def test_a_vote_counts_spellings_of_one_value_together() -> None:
+    pool = [completion("a", "0.5", 1.0, 0.3), completion("b", "\\frac12", 2.0, 0.3), completion("c", "2", 9.0, 0.5)]
+    assert pick_by_vote(pool).id == "b"  # 1/2 wins 0.6 to 0.5; its best member
+
+
+def completion(cid: str, answer: str | None, tilted: float, reward: float) -> Completion:
+    return Completion(id=cid, solution=f"... \\boxed{{{answer}}}", answer=answer, reward=reward, tilted=tilted)
+
+
+def test_best_is_the_highest_merit_first_on_ties() -> None:
     pool = [completion("a", "1", 2.0, 0.1), completion("b", "2", 5.0, 0.2), completion("c", "3", 5.0, 0.9)]
     assert pick_best(pool).id == "b"
 
@@ -68,7 +89,7 @@ def test_vote_sums_rewards_per_normalised_answer() -> None:
     assert pick_best(pool).id == "d"
 
 
-def test_vote_without_any_answer_falls_back_to_the_best_score() -> None:
+def test_vote_without_any_answer_falls_back_to_the_best_merit() -> None:
     pool = [completion("a", None, 1.0, 0.9), completion("b", None, 2.0, 0.1)]
     assert pick_by_vote(pool).id == "b"
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from app.render import deferral_reason
 from app.search import run
 from app.search.arithmetic import (
     checked_reward,
@@ -17,7 +18,7 @@ from app.search.arithmetic import (
 )
 from app.search.events import CandidatesScored, Deferred, Event, Finished, StepAccepted
 from app.search.settings import SearchSettings
-from engines.scripted import (
+from engines.testing.scripted import (
     ARITHMETIC_DRAFT,
     ARITHMETIC_QUESTION,
     ARITHMETIC_REWARDS,
@@ -163,7 +164,7 @@ def test_the_check_defers_the_step_the_target_doubts_and_the_target_writes_it() 
     assert score.reward == pytest.approx(ARITHMETIC_REWARDS[TENS] * 0.01 / 0.2)
     deferral = next(e for e in events if isinstance(e, Deferred))
     assert deferral.step == 1
-    assert deferral.reason.endswith("the target doubted a result in 1 of 1 (p = 0.01)")
+    assert deferral_reason(deferral).endswith("the target doubted a result in 1 of 1 (p = 0.01)")
 
 
 def test_target_steps_are_checked_with_the_logprobs_they_were_sampled_with() -> None:

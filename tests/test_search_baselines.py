@@ -21,7 +21,13 @@ from app.search.events import (
     StepStarted,
 )
 from app.search.settings import SearchSettings
-from engines.scripted import ARITHMETIC_QUESTION, ARITHMETIC_REWARDS, Continuation, ScriptedEngines, scripted_engines
+from engines.testing.scripted import (
+    ARITHMETIC_QUESTION,
+    ARITHMETIC_REWARDS,
+    Continuation,
+    ScriptedEngines,
+    scripted_engines,
+)
 
 PLAN = "We need to add 12 and 30.\n\n"
 TENS = "First add the tens: 10 + 30 = 40.\n\n"
@@ -76,7 +82,7 @@ def test_beam_keeps_the_top_m_live_candidates_by_reward(seed: int) -> None:
     # Each kept prefix gets ceil(6 / 2) = 3 continuations.
     step1 = next(e for e in of(events, CandidatesDrafted) if e.step == 1)
     assert len(step1.candidates) == 6 and len({c.parent for c in step1.candidates}) == 2
-    best = max(of(events, CandidateCompleted), key=lambda c: c.score)
+    best = max(of(events, CandidateCompleted), key=lambda c: c.merit)
     assert finished.answer == best.answer
 
 
@@ -84,7 +90,7 @@ def test_beam_scores_are_rewards_and_the_target_is_the_policy() -> None:
     finished, events, engines = solve("beam")
     assert {e.origin for e in of(events, StepStarted)} == {"target"}
     for e in of(events, CandidatesScored):
-        assert all(s.score == s.reward and s.draft_logprob is None for s in e.scores)
+        assert all(s.tilted is None and s.merit == s.reward and s.draft_logprob is None for s in e.scores)
     assert engines.draft is not None and engines.draft.usage.calls == 0
     assert finished.answer == "42" and finished.stats.target_steps == finished.stats.steps
 
@@ -129,7 +135,7 @@ def test_rsd_keeps_draft_steps_at_or_above_delta_and_defers_the_rest() -> None:
         if score.reward >= 0.7:
             assert not deferred
         else:
-            assert deferred and deferred[0].best_score == score.reward and deferred[0].threshold == 0.7
+            assert deferred and deferred[0].best == score.reward and deferred[0].threshold.value == 0.7
     # The draft has no right ones step: that one came from the target, unjudged.
     by_origin = {e.text: e for e in of(events, StepAccepted)}
     assert by_origin[ONES].origin == "target" and by_origin[ONES].reward is None
@@ -189,5 +195,5 @@ def test_greedy_follows_the_most_likely_step_without_the_reward_model() -> None:
 def test_greedy_scores_are_mean_target_logprobs() -> None:
     _, events, engines = solve("greedy")
     plan = of(events, StepAccepted)[0]
-    assert plan.score == pytest.approx(-0.05 / len(engines.target.tokenize(PLAN)))
+    assert plan.merit == plan.logprob == pytest.approx(-0.05 / len(engines.target.tokenize(PLAN)))
     assert ARITHMETIC_REWARDS[PLAN] == 0.9  # judged in the others, not here

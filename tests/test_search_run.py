@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -16,14 +18,15 @@ from app.search.events import (
     Event,
     Finished,
     SearchStarted,
+    Stats,
     StepAccepted,
     StepStarted,
     SwitchedToDraft,
 )
-from app.search.settings import METHODS, SYSTEM_PROMPT, SearchSettings
+from app.search.settings import METHODS, SearchSettings
 from app.search.trace import read_trace, write_trace
-from engines.base import ContextFullError
-from engines.scripted import ARITHMETIC_QUESTION, Continuation, ScriptedEngines, scripted_engines
+from engines.base import SYSTEM_PROMPT, ContextFullError
+from engines.testing.scripted import ARITHMETIC_QUESTION, Continuation, ScriptedEngines, scripted_engines
 
 LOOP = "Again.\n\n"
 
@@ -165,6 +168,17 @@ def test_stats_count_only_this_search() -> None:
     assert engines.draft is not None and engines.draft.usage.generated == 2 * first.stats.models["draft"].generated
 
 
+def test_stats_become_json_in_one_shape() -> None:
+    stats = Stats(wall_seconds=2.0, steps=4, draft_steps=3)
+    record = dataclasses.asdict(stats)
+    assert stats.to_json(derived=False) == record
+    assert stats.to_json() == {**record, "acceptance_rate": 0.75, "overhead_seconds": 2.0}
+    assert list(stats.to_json()) == [
+        "wall_seconds", "models", "steps", "draft_steps", "target_steps", "drafts_proposed",
+        "deferrals", "switches", "completed", "answer_forced", "acceptance_rate", "overhead_seconds",
+    ]  # fmt: skip
+
+
 def test_event_timings_come_from_the_clock() -> None:
     _, events, _engines = solve("greedy")
     first = of(events, CandidatesDrafted)[0]
@@ -259,7 +273,7 @@ def test_cancel_while_sampling_stops_the_model_call(method: str) -> None:
 def test_numpy_numbers_from_engines_become_plain_floats() -> None:
     engines = scripted_engines()
     plain_score = engines.reward.score
-    engines.reward.score = lambda queries, **kw: [np.float64(r) for r in plain_score(queries, **kw)]  # type: ignore[method-assign]
+    engines.reward.score = lambda queries, **kw: [np.float64(r) for r in plain_score(queries, **kw)]
     _, events, _ = solve("specs", engines=engines)
     scores = [s for e in of(events, CandidatesScored) for s in e.scores]
-    assert scores and all(type(s.reward) is float and type(s.score) is float for s in scores)
+    assert scores and all(type(s.reward) is float and type(s.tilted) is float for s in scores)

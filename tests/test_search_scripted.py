@@ -18,7 +18,7 @@ from engines.base import (
     SequencePoolExhausted,
     StopReason,
 )
-from engines.scripted import (
+from engines.testing.scripted import (
     ARITHMETIC_QUESTION,
     Continuation,
     FakeClock,

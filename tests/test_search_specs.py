@@ -22,9 +22,10 @@ from app.search.events import (
     StepStarted,
     SwitchedToDraft,
 )
-from app.search.settings import SYSTEM_PROMPT, SearchSettings
+from app.search.settings import SearchSettings
 from app.search.specs import softmax_choice
-from engines.scripted import (
+from engines.base import SYSTEM_PROMPT
+from engines.testing.scripted import (
     ARITHMETIC_QUESTION,
     ARITHMETIC_REWARDS,
     VOCABULARY,
@@ -110,7 +111,7 @@ def test_tilted_score_is_the_log_ratio_plus_beta_reward() -> None:
     assert tens.draft_logprob == pytest.approx(-0.3 / n_tokens)
     assert tens.target_logprob == pytest.approx(-0.1 / n_tokens)
     assert tens.reward == ARITHMETIC_REWARDS[TENS]
-    assert tens.score == pytest.approx(0.2 / n_tokens + 10 * 0.85)
+    assert tens.tilted == pytest.approx(0.2 / n_tokens + 10 * 0.85)
 
 
 def test_sum_normalisation_sums_the_step_logprobs() -> None:
@@ -119,13 +120,13 @@ def test_sum_normalisation_sums_the_step_logprobs() -> None:
     drafted = {c.id: c for e in of(events, CandidatesDrafted) if e.step == 1 for c in e.candidates}
     tens = next(s for cid, s in scored.items() if drafted[cid].text == TENS)
     assert (tens.draft_logprob, tens.target_logprob) == (pytest.approx(-0.3), pytest.approx(-0.1))
-    assert tens.score == pytest.approx(0.2 + 2 * 0.85)
+    assert tens.tilted == pytest.approx(0.2 + 2 * 0.85)
 
 
 def test_target_candidates_score_beta_times_reward() -> None:
     _, events, _ = solve(SearchSettings(beta=3.0, tau_accept=2.0))
     first = next(e for e in of(events, CandidatesScored) if e.origin == "target")
-    assert all(s.score == pytest.approx(3.0 * s.reward) for s in first.scores)
+    assert all(s.tilted == pytest.approx(3.0 * s.reward) for s in first.scores)
     assert all(s.draft_logprob is None and s.target_logprob is not None for s in first.scores)
 
 
@@ -142,15 +143,17 @@ def choice_engines() -> ScriptedEngines:
 
 
 def test_accepted_draft_follows_softmax_of_score_over_temperature() -> None:
-    settings_for = lambda seed: SearchSettings(  # noqa: E731
-        n=4, temperature=1.0, beta=2.0, tau_accept=-100.0, first_step_target=False, max_steps=2, seed=seed
-    )
+    def settings_for(seed: int) -> SearchSettings:
+        return SearchSettings(
+            n=4, temperature=1.0, beta=2.0, tau_accept=-100.0, first_step_target=False, max_steps=2, seed=seed
+        )
+
     observed: Counter = Counter()
     expected: dict[str, float] = dict.fromkeys(CHOICES, 0.0)
     for seed in range(2000):
         _, events, engines = solve(settings_for(seed), choice_engines())
         texts = {c.id: c.text for e in of(events, CandidatesDrafted) if e.step == 0 for c in e.candidates}
-        scores = {s.id: s.score for e in of(events, CandidatesScored) if e.step == 0 for s in e.scores}
+        scores = {s.id: s.tilted for e in of(events, CandidatesScored) if e.step == 0 for s in e.scores}
         accepted = next(e for e in of(events, StepAccepted) if e.step == 0)
         observed[accepted.text] += 1
         # softmax(score / T) over the distinct drafts of this run
@@ -197,7 +200,7 @@ def test_tau_accept_above_every_score_defers_every_draft_step() -> None:
     finished, events, _engines = solve(SearchSettings(tau_accept=100.0))
     assert not [e for e in of(events, StepAccepted) if e.origin == "draft"]
     deferred = of(events, Deferred)
-    assert deferred and all(d.threshold == 100.0 and d.best_score <= 100.0 for d in deferred)
+    assert deferred and all(d.threshold.value == 100.0 and d.best <= 100.0 for d in deferred)
     # Every deferred step is followed by the target writing it.
     for d in deferred:
         assert ("start", d.step, "target") in phases(events)
@@ -282,7 +285,7 @@ def test_a_rejected_completed_draft_is_still_collected() -> None:
     finished, events, _ = solve(SearchSettings(first_step_target=False, temperature=1.0, n=8), engines)
     completed = {c.answer: c for c in of(events, CandidateCompleted)}
     assert set(completed) == {"9", "42"}
-    assert completed["9"].score < 7.0 < completed["42"].score
+    assert completed["9"].tilted < 7.0 < completed["42"].tilted
     assert finished.answer == "42"  # the best completion by score
 
 
@@ -291,9 +294,10 @@ def test_vote_selection_weighs_answers_by_reward() -> None:
     # when two low-reward copies of one answer outweigh one high-reward answer.
     ends = ("A \\boxed{1}.", "B \\boxed{1}.", "C \\boxed{2}.")
     script = {"": tuple(Continuation(text, math.log(1 / 3), eos=True) for text in ends)}
-    engines_for = lambda: scripted_engines(  # noqa: E731
-        draft=script, target=script, rewards=dict(zip(ends, (0.5, 0.5, 0.8)))
-    )
+
+    def engines_for() -> ScriptedEngines:
+        return scripted_engines(draft=script, target=script, rewards=dict(zip(ends, (0.5, 0.5, 0.8))))
+
     base = {"first_step_target": False, "temperature": 1.0, "n": 24, "seed": 1}
     best, _, _ = solve(SearchSettings(**base), engines_for())
     vote, events, _ = solve(SearchSettings(answer_selection="vote", **base), engines_for())
@@ -337,7 +341,7 @@ def test_beam_width_two_keeps_two_prefixes_from_all_beams() -> None:
     assert Counter(c.parent for c in children) == Counter(dict.fromkeys(step1.parents, 2))
     assert len({a.id for a in accepted_by_step[1]}) == 2
     assert finished.answer is None and finished.solution.count("\n\n") == 2
-    best = max(of(events, CandidateCompleted), key=lambda c: c.score)
+    best = max(of(events, CandidateCompleted), key=lambda c: c.tilted)
     assert finished.solution == best.solution
     assert finished.stats.steps == 3 and engines.live == 0
 

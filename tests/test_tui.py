@@ -43,7 +43,7 @@ from app.tui.messages import SearchEnded, SearchEvents
 from app.tui.question import QuestionInput
 from app.tui.rewards import RewardChart
 from app.tui.screens import HelpScreen, MissingModelsScreen
-from engines.scripted import ARITHMETIC_QUESTION, scripted_engines
+from engines.testing.scripted import ARITHMETIC_QUESTION, scripted_engines
 
 PRESET = "cpu-dev"
 # Fixed here rather than read from the catalog, so that tuning a preset does
@@ -77,7 +77,7 @@ def make_app(
     engines = scripted_engines()
 
     @contextmanager
-    def factory(preset: Any, catalog: Any, settings: Any):  # type: ignore[no-untyped-def]
+    def factory(preset: Any, catalog: Any, settings: Any):
         yield engines
 
     kwargs.setdefault("settings", lambda preset: SETTINGS)
@@ -92,7 +92,7 @@ def make_app(
         cursor_blink=False,
         **kwargs,
     )
-    app.scripted = engines  # type: ignore[attr-defined]
+    app.scripted = engines
     return app
 
 
@@ -163,7 +163,7 @@ async def test_solve_shows_every_candidate_its_fate_and_the_answer(tmp_path: Pat
         drafted = {c.id: (e.origin, c.text) for e in expected if isinstance(e, CandidatesDrafted) for c in e.candidates}
         assert {cid: (row.origin, row.text) for cid, row in beam.candidates.items()} == drafted
         assert {cid: row.fate for cid, row in beam.candidates.items()} == final_fates(expected)
-        scored = {s.id: (s.reward, s.score) for e in expected if isinstance(e, CandidatesScored) for s in e.scores}
+        scored = {s.id: (s.reward, s.merit) for e in expected if isinstance(e, CandidatesScored) for s in e.scores}
         assert {cid: (row.reward, row.score) for cid, row in beam.candidates.items() if cid in scored} == scored
         assert not any(row.drafting for row in beam.candidates.values())
         # The accepted path: every accepted step and the completed solution, nothing else.
@@ -178,12 +178,12 @@ async def test_solve_shows_every_candidate_its_fate_and_the_answer(tmp_path: Pat
         handovers = [e for e in expected if isinstance(e, (Deferred, SwitchedToDraft))]
         assert len(deferrals.entries) == len(handovers) >= 2
         assert (
-            f"{deferred.step:>3} → target  best score {deferred.best_score:.2f} < τ_accept {deferred.threshold:.2f}"
+            f"{deferred.step:>3} → target  best score {deferred.best:.2f} < τ_accept {deferred.threshold.value:.2f}"
             in deferrals.entries
         )
 
         chart = app.query_one(RewardChart)
-        assert (chart.thresholds.reward, chart.thresholds.score) == (SETTINGS.tau_switch, SETTINGS.tau_accept)
+        assert (chart.thresholds.reward, chart.thresholds.tilted) == (SETTINGS.tau_switch, SETTINGS.tau_accept)
         accepted = {e.step: e.reward for e in expected if isinstance(e, StepAccepted)}
         assert {step: row.chosen_reward for step, row in chart.steps.items() if step in accepted} == accepted
         last = max(chart.steps)
@@ -412,7 +412,7 @@ async def test_quitting_mid_search_lets_the_thread_finish_before_the_models_clos
     live_at_close: list[int] = []
 
     @contextmanager
-    def factory(preset: Any, catalog: Any, settings: Any):  # type: ignore[no-untyped-def]
+    def factory(preset: Any, catalog: Any, settings: Any):
         yield engines
         live_at_close.append(engines.live)  # what the models still held when closed
 
@@ -652,7 +652,7 @@ async def test_live_search_on_tiny_gguf_models(tiny_qwen: Path) -> None:
         return run(*args, emit=tee, **kwargs)
 
     @contextmanager
-    def tiny_engines(preset: Any, catalog: Any, settings: Any):  # type: ignore[no-untyped-def]
+    def tiny_engines(preset: Any, catalog: Any, settings: Any):
         with (
             LlamaModel(tiny_qwen, name="tiny-target", n_ctx=1024, n_seq_max=32, flash_attn="off") as target,
             LlamaModel(tiny_qwen, name="tiny-draft", n_ctx=1024, n_seq_max=32, flash_attn="off") as draft,

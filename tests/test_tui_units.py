@@ -23,6 +23,7 @@ from app.search.events import (
     StepStarted,
     SwitchedToDraft,
 )
+from app.search.methods import REGISTRY, RSD_DELTA, TAU_ACCEPT, TAU_SWITCH
 from app.search.trace import write_trace
 from app.tui.beam_view import CandidateRow, candidate_label
 from app.tui.deferrals import deferral_line
@@ -30,7 +31,7 @@ from app.tui.history import MAX_ENTRIES, History
 from app.tui.latency import stacked_bar
 from app.tui.logfile import divert_logging
 from app.tui.pump import EventBuffer, play
-from app.tui.rewards import thresholds_for, track
+from app.tui.rewards import chart_thresholds, track
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,10 +118,11 @@ def test_a_doubted_result_is_shown_before_the_step_text() -> None:
 
 def test_thresholds_follow_the_method() -> None:
     settings = {"tau_switch": 0.7, "tau_accept": 7.0, "rsd_delta": 0.6}
-    assert (thresholds_for("specs", settings).reward, thresholds_for("specs", settings).score) == (0.7, 7.0)
-    rsd = thresholds_for("rsd", settings)
-    assert (rsd.reward, rsd.score, rsd.reward_name) == (0.6, None, "δ")
-    assert thresholds_for("beam", settings).reward is None
+    specs = chart_thresholds(REGISTRY["specs"].thresholds_in(settings))
+    assert (specs.reward, specs.tilted) == (0.7, 7.0)
+    rsd = chart_thresholds(REGISTRY["rsd"].thresholds_in(settings))
+    assert (rsd.reward, rsd.tilted, rsd.reward_name) == (0.6, None, "δ")
+    assert chart_thresholds(REGISTRY["beam"].thresholds_in(settings)).reward is None
 
 
 def test_track_draws_spread_threshold_and_choice() -> None:
@@ -136,10 +138,11 @@ def test_stacked_bar_fills_the_width_in_proportion() -> None:
 
 
 def test_deferral_lines_give_the_comparison() -> None:
-    deferred = Deferred(t=0, step=3, reason="", best_score=5.31, threshold=7.0)
-    switched = SwitchedToDraft(t=0, step=4, reward=0.84, threshold=0.7)
+    deferred = Deferred(t=0, step=3, best=5.31, threshold=TAU_ACCEPT.at(7.0), drafts=4, doubted=0)
+    by_reward = Deferred(t=0, step=3, best=5.31, threshold=RSD_DELTA.at(7.0), drafts=1, doubted=0)
+    switched = SwitchedToDraft(t=0, step=4, reward=0.84, threshold=TAU_SWITCH.at(0.7))
     assert deferral_line(deferred).plain == "  3 → target  best score 5.31 < τ_accept 7.00"
-    assert deferral_line(deferred, "rsd").plain == "  3 → target  best reward 5.31 < δ 7.00"
+    assert deferral_line(by_reward).plain == "  3 → target  best reward 5.31 < δ 7.00"
     assert deferral_line(switched).plain == "  4 → draft   reward 0.84 ≥ τ_switch 0.70"
 
 

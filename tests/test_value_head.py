@@ -38,7 +38,7 @@ def test_logistic_fit_reaches_the_optimum() -> None:
 
 
 def test_one_label_is_refused() -> None:
-    with pytest.raises(ValueError, match="same label"):
+    with pytest.raises(ValueError, match="same grade"):
         fit_logistic(np.ones((5, 2)), np.ones(5), 0.1)
 
 

@@ -15,14 +15,14 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from pydantic import ValidationError
 
-from app.config import ModelEntry
+from app.config import ModelEntry, RewardKind, RewardSpec
 from app.errors import UserError
 from app.hub import Echo, format_size, offline, where_to_put
 from app.presets import ResolvedPreset, check_vocabulary
@@ -55,6 +55,35 @@ def method_option(help_text: str) -> Callable[[F], F]:
         show_envvar=True,
         help=help_text,
     )
+
+
+REWARD_KINDS = ("judge", "value-head", "token-prm", "step-tag-prm")
+
+
+def reward_option(func: F) -> F:
+    return click.option(
+        "--reward",
+        type=click.Choice(REWARD_KINDS),
+        default=None,
+        envvar="SPECS_LOCAL_REWARD",
+        show_envvar=True,
+        help="Reward kind instead of the preset's, on its reward model, e.g. --reward judge"
+        " (cpu-dev's yes/no judge instead of its value head).",
+    )(func)
+
+
+def with_reward(preset: ResolvedPreset, kind: str | None) -> ResolvedPreset:
+    """The preset with its reward kind replaced (--reward); the reward model stays."""
+    spec = preset.preset.reward
+    if kind is None or kind == spec.kind:
+        return preset
+    if kind == "value-head":
+        raise UserError(
+            f"--reward value-head needs a head file: set `head` in preset {preset.name}'s reward in your models"
+            " file (`specs-local models --paths`), or train one with `specs-local train-head`."
+        )
+    reward = RewardSpec(kind=cast(RewardKind, kind), model=spec.model)
+    return replace(preset, preset=preset.preset.model_copy(update={"reward": reward}))
 
 
 def yes_option(help_text: str = "Download missing models of the preset without asking.") -> Callable[[F], F]:

@@ -7,7 +7,6 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from app.commands.common import (
 from app.config import load_catalog
 from app.errors import UserError
 from app.presets import resolve_preset
-from app.render import unboxed_answer
+from app.render import deferral_reason, switch_reason, unboxed_answer
 from app.search.events import Deferred, Event, Finished, StepAccepted, SwitchedToDraft
 
 
@@ -47,7 +46,7 @@ class StepPrinter:
                     "origin": event.origin,
                     "text": event.text,
                     "reward": event.reward,
-                    "score": event.score,
+                    "score": event.merit,
                 }
             )
             if not self.quiet:
@@ -56,12 +55,9 @@ class StepPrinter:
                 head = click.style(f"[{event.step:>2} {event.origin:<6} r={reward}]", fg=colour)
                 click.echo(f"{head} {event.text.strip()}")
         elif isinstance(event, Deferred) and not self.quiet:
-            click.secho(f"     deferred to the target: {event.reason}", dim=True)
+            click.secho(f"     deferred to the target: {deferral_reason(event)}", dim=True)
         elif isinstance(event, SwitchedToDraft) and not self.quiet:
-            click.secho(
-                f"     back to the draft: reward {event.reward:.2f} > tau_switch {event.threshold:.2f}",
-                dim=True,
-            )
+            click.secho(f"     back to the draft: {switch_reason(event)}", dim=True)
 
 
 class StopOnInterrupt:
@@ -92,9 +88,7 @@ class StopOnInterrupt:
 
 
 def result_json(finished: Finished, steps: list[dict[str, Any]], method: str, preset: str) -> str:
-    stats = asdict(finished.stats)
-    stats["acceptance_rate"] = finished.stats.acceptance_rate
-    stats["overhead_seconds"] = finished.stats.overhead_seconds
+    stats = finished.stats.to_json()
     return json.dumps(
         {
             "answer": finished.answer,

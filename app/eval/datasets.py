@@ -180,7 +180,7 @@ def rows_to_dataset(rows: Iterable[tuple[int, Any]], *, name: str, source: str, 
         problem = _first_text(row, PROBLEM_FIELDS)
         answer = _answer(row)
         missing = [what for what, value in (("problem", problem), ("answer", answer)) if not value]
-        if missing:
+        if missing or problem is None or answer is None:
             skipped.append(f"{unit} {number}: no {' and no '.join(missing)}")
             continue
         problem_id = _first_text(row, ID_FIELDS) or f"{Path(name).stem}-{number}"
@@ -188,7 +188,7 @@ def rows_to_dataset(rows: Iterable[tuple[int, Any]], *, name: str, source: str, 
             skipped.append(f"{unit} {number}: duplicate id {problem_id}")
             continue
         seen.add(problem_id)
-        problems.append(Problem(problem_id, problem, answer))  # type: ignore[arg-type]
+        problems.append(Problem(problem_id, problem, answer))
     return Dataset(name=name, source=source, problems=problems, skipped=skipped)
 
 

@@ -22,8 +22,7 @@ import numpy as np
 
 from app.eval.rollouts import Rollout
 from app.search.arithmetic import result_probability
-from app.search.settings import SYSTEM_PROMPT
-from engines.base import EngineError, LanguageModel, StopFn
+from engines.base import SYSTEM_PROMPT, EngineError, LanguageModel, StopFn
 
 
 @dataclass

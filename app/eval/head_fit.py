@@ -57,7 +57,7 @@ def fit_logistic(
     n, d = x.shape
     pos = y.mean()
     if pos in (0.0, 1.0):
-        raise ValueError("every step has the same label; a head needs right and wrong solutions to learn from")
+        raise ValueError("every solution has the same grade; a head needs right and wrong solutions to learn from")
     sample_w = np.where(y > 0.5, 0.5 / pos, 0.5 / (1 - pos)) / n
     xb = np.hstack([x, np.ones((n, 1))])
     theta = np.zeros(d + 1)

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from app.errors import UserError
-from app.eval.runner import CONFIG, DRAFT_METHODS, RESULTS, read_results
+from app.eval.runner import CONFIG, RESULTS, read_results
+from app.search.methods import needs_draft
 
 CLAIM_METHOD = "specs"
 CLAIM_RATIO = 0.81
@@ -85,7 +86,7 @@ def _method_summary(
     latencies = np.array([r["latency"] for r in ok], dtype=float)
     steps = sum(r["steps"] for r in ok)
     wall = sum(r["wall_seconds"] for r in ok)
-    uses_draft = any(r.get("search", method) in DRAFT_METHODS for r in rows)
+    uses_draft = any(needs_draft(r.get("search", method)) for r in rows)
     roles = sorted({role for r in ok for role in r["models"]})
     out: dict[str, Any] = {
         "n": n,

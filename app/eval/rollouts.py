@@ -26,8 +26,7 @@ from app.eval.datasets import Problem
 from app.eval.grading import grade_answer
 from app.search.answer import last_boxed
 from app.search.forced import force_answer
-from app.search.settings import SYSTEM_PROMPT
-from engines.base import LanguageModel, SampleParams, Seq, StopFn, StopReason
+from engines.base import SYSTEM_PROMPT, LanguageModel, SampleParams, Seq, StopFn, StopReason
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,11 @@ class RolloutPlan:
     max_steps: int = 12
     max_step_tokens: int = 160
     seed: int = 0
+    # Only every `every`-th problem (by position): a slow model writes for fewer.
+    every: int = 1
+
+    def applies(self, index: int) -> bool:
+        return index % self.every == 0
 
     @property
     def key(self) -> str:

@@ -32,6 +32,7 @@ from app.eval.datasets import Problem
 from app.eval.grading import grade_answer
 from app.search.answer import last_boxed
 from app.search.events import Event, Finished
+from app.search.methods import needs_draft
 from app.search.settings import METHODS, SearchSettings
 from app.search.types import Engines
 from engines.base import Cancelled
@@ -43,7 +44,17 @@ CONFIG = "config.json"
 CONFIG_VERSION = 1
 # The parts of config.json that change what a result line means.
 IDENTITY_KEYS = ("dataset", "preset", "models", "settings", "runtime")
-DRAFT_METHODS = frozenset({"specs", "rsd", "beam-draft"})
+# The statistics a result line keeps (Stats.to_json), in its order; "acceptance" follows them.
+ROW_STATS = (
+    "wall_seconds",
+    "overhead_seconds",
+    "models",
+    "steps",
+    "draft_steps",
+    "target_steps",
+    "deferrals",
+    "switches",
+)
 
 EnginesFactory = Callable[[], AbstractContextManager[Engines]]
 SearchFn = Callable[..., Finished]
@@ -71,7 +82,7 @@ def parse_methods(text: str) -> list[Arm]:
 
 
 def check_draft(arms: Sequence[Arm], has_draft: bool, preset: str = "the engines") -> None:
-    needing = [a.method for a in arms if a.method in DRAFT_METHODS]
+    needing = [a.method for a in arms if needs_draft(a.method)]
     if needing and not has_draft:
         raise UserError(
             f"{needing[0]} needs a draft model and {preset} has none; choose a preset with a draft or drop {needing[0]}."
@@ -164,9 +175,9 @@ def _appender(path: Path) -> Iterator[Callable[[dict[str, Any]], None]]:
     so the file always ends after its last whole result and a rerun resumes from it."""
     # A kill mid-write can leave a line without its newline; start a fresh one.
     if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as existing:
-            existing.seek(-1, 2)
-            torn = existing.read(1) != b"\n"
+        with open(path, "rb") as tail:
+            tail.seek(-1, 2)
+            torn = tail.read(1) != b"\n"
     else:
         torn = False
     # Unbuffered: a failed write leaves nothing in a buffer to land later.
@@ -246,7 +257,9 @@ def run_bench(
     runs; finished lines stay written and the outcome says `interrupted`.
     """
     if search is None:
-        from app.search import run as search
+        from app.search import run
+
+        search = run
     claim_out_dir(out_dir, config, arms)
     done = {(str(r["id"]), str(r["method"])) for r in read_results(out_dir) if not (retry_errors and r.get("error"))}
     todo = [
@@ -322,7 +335,7 @@ def _run_one(
         return None
     answer = finished.answer if finished.answer is not None else last_boxed(finished.solution)
     graded = grade_answer(answer, problem.answer)
-    stats = finished.stats
+    stats = finished.stats.to_json()
     return {
         **row,
         "answer": answer,
@@ -330,23 +343,8 @@ def _run_one(
         "correct": graded.correct,
         "judge": graded.judge,
         "latency": latency,
-        "wall_seconds": stats.wall_seconds,
-        "overhead_seconds": stats.overhead_seconds,
-        "models": {
-            role: {
-                "seconds": m.seconds,
-                "native_seconds": m.native_seconds,
-                "generated": m.generated,
-                "prefilled": m.prefilled,
-            }
-            for role, m in stats.models.items()
-        },
-        "steps": stats.steps,
-        "draft_steps": stats.draft_steps,
-        "target_steps": stats.target_steps,
-        "deferrals": stats.deferrals,
-        "switches": stats.switches,
-        "acceptance": stats.acceptance_rate,
+        **{key: stats[key] for key in ROW_STATS},
+        "acceptance": stats["acceptance_rate"],
         "error": finished.error,
     }
 

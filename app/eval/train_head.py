@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,25 +79,25 @@ class HeadTraining:
     def rollouts_path(self) -> Path:
         return self.work / "rollouts.jsonl"
 
-    def sample(self, models: dict[str, LanguageModel]) -> list[Rollout]:
+    def sample(self, models: Mapping[str, LanguageModel | None]) -> list[Rollout]:
         self.work.mkdir(parents=True, exist_ok=True)
         done = {(r.problem, r.plan) for r in read_rollouts(self.rollouts_path)}
-        todo = [(plan, p) for plan in self.plans for p in self.problems if (p.id, plan.key) not in done]
-        self.progress.phase(
-            "rollouts", len(self.problems) * len(self.plans), len(self.problems) * len(self.plans) - len(todo)
-        )
+        wanted = [(plan, i) for plan in self.plans for i in range(len(self.problems)) if plan.applies(i)]
+        todo = [(plan, i) for plan, i in wanted if (self.problems[i].id, plan.key) not in done]
+        self.progress.phase("rollouts", len(wanted), len(wanted) - len(todo))
         # Plan by plan, a few problems at a time: every plan has data early on.
-        chunk = 4
+        chunk = 6
         for start in range(0, len(self.problems), chunk):
             for plan in self.plans:
-                problems = self.problems[start : start + chunk]
-                for _ in sample_rollouts(
-                    models[plan.source], problems, plan, self.rollouts_path, should_stop=self.should_stop
-                ):
+                model = models[plan.source]
+                assert model is not None, "plans name only the roles the preset has (parse_plans checks)"
+                indices = range(start, min(start + chunk, len(self.problems)))
+                problems = [self.problems[i] for i in indices if plan.applies(i)]
+                for _ in sample_rollouts(model, problems, plan, self.rollouts_path, should_stop=self.should_stop):
                     self.progress.advance(1)
-        wanted = {p.id for p in self.problems}
+        ids = {p.id for p in self.problems}
         keys = {plan.key for plan in self.plans}
-        return [r for r in read_rollouts(self.rollouts_path) if r.problem in wanted and r.plan in keys]
+        return [r for r in read_rollouts(self.rollouts_path) if r.problem in ids and r.plan in keys]
 
     def features(self, target: LanguageModel, rollouts: Sequence[Rollout]) -> StepFeatures:
         folder = self.work / "features"

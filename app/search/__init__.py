@@ -9,32 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from app.search import beam, best_of_n, greedy, rsd, specs
 from app.search.context import Clock, SearchContext
 from app.search.events import Event, Finished
-from app.search.settings import METHODS, SearchSettings
+from app.search.methods import draftless_methods, method_spec
+from app.search.settings import SearchSettings
 from app.search.types import Engines
 from engines.base import Cancelled, ContextFullError, StopFn
-
-
-@dataclass(frozen=True)
-class _Method:
-    search: Callable[[SearchContext], None]
-    needs_draft: bool = False
-    vote: bool = False  # the method's own rule picks the answer by a reward-weighted vote
-
-
-_METHODS: dict[str, _Method] = {
-    "specs": _Method(specs.search, needs_draft=True),
-    "beam": _Method(beam.search_target),
-    "beam-draft": _Method(beam.search_draft, needs_draft=True),
-    "rsd": _Method(rsd.search, needs_draft=True),
-    "best-of-n": _Method(best_of_n.search, vote=True),
-    "greedy": _Method(greedy.search),
-}
-assert set(_METHODS) == set(METHODS)
 
 
 def run(
@@ -55,27 +36,26 @@ def run(
     context that fills up later ends the search with the best solution so
     far and the error in `Finished.error`.
     """
-    if method not in _METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+    spec = method_spec(method)
     if not question.strip():
         raise ValueError("The question is empty; type a math problem to solve.")
-    chosen = _METHODS[method]
-    if chosen.needs_draft and engines.draft is None:
+    if spec.needs_draft and engines.draft is None:
         raise ValueError(
-            f"Method {method} needs a draft model; "
-            "choose a preset with a draft or the beam, best-of-n or greedy method."
+            f"Method {method} needs a draft model; choose a preset with a draft or the {draftless_methods()} method."
         )
-    ctx = SearchContext(method, question, engines, settings, emit, should_stop, clock)
+    thresholds = spec.thresholds_in(settings.model_dump())
+    ctx = SearchContext(method, question, engines, settings, emit, should_stop, clock, thresholds)
     ctx.search_started()
+    vote = spec.selection == "vote"
     try:
         try:
-            chosen.search(ctx)
+            spec.search(ctx)
         except Cancelled:
-            return ctx.finish(vote=chosen.vote, cancelled=True)
+            return ctx.finish(vote=vote, cancelled=True)
         except ContextFullError as exc:
             if ctx.started:
-                return ctx.finish(vote=chosen.vote, error=str(exc))
+                return ctx.finish(vote=vote, error=str(exc))
             raise
-        return ctx.finish(vote=chosen.vote)
+        return ctx.finish(vote=vote)
     finally:
         ctx.release_all()

@@ -14,19 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from app.search.context import SearchContext
-from app.search.events import BeamPruned, Fate, Origin
-from app.search.steps import (
-    accept,
-    advance,
-    collect,
-    dedupe,
-    draw,
-    judge,
-    per_beam,
-    report_fates,
-    report_scores,
-    start_step,
-)
+from app.search.events import Origin
+from app.search.steps import Step, per_beam
 
 # (number of kept prefixes, step) -> continuations per prefix
 Expansions = Callable[[int, int], int]
@@ -44,33 +33,18 @@ def grow(
     """
     s = ctx.settings
     beams = [ctx.start((role,))]
-    for step in range(s.max_steps):
-        start_step(ctx, step, role, beams)
-        fates: dict[str, Fate] = {}
-        params = ctx.sample_params(step, role)
-        drafted = draw(ctx, step, role, beams, expansions(len(beams), step), params)
-        candidates = drafted if independent else dedupe(ctx, drafted, fates)
-        t0 = ctx.clock()
-        judge(ctx, candidates)
-        for c in candidates:
-            c.score = c.reward or 0.0
-        report_scores(ctx, step, role, candidates, t0)
-        live = collect(ctx, step, candidates, fates)
-        ctx.counters.step_done(role)
+    for number in range(s.max_steps):
+        step = Step.begin(ctx, number, role, beams)
+        drawn = step.draw(expansions(len(beams), number))
+        candidates = drawn if independent else step.dedupe(drawn)
+        step.reward(candidates)
+        live = step.collect(candidates)
         if not independent and len(ctx.completed) >= s.n:
-            fates.update({c.id: "pruned" for c in live})
-            report_fates(ctx, step, fates)
-            advance(ctx, [], live, beams)
+            step.keep([], pruned=live)
             return
-        ranked = sorted(live, key=lambda c: -c.score)
-        kept, pruned = ranked[:keep], ranked[len(ranked) if keep is None else keep :]
-        fates.update({c.id: "accepted" for c in kept})
-        fates.update({c.id: "pruned" for c in pruned})
-        report_fates(ctx, step, fates)
-        if pruned:
-            ctx.emit(BeamPruned, step=step, kept=tuple(c.id for c in kept), pruned=tuple(c.id for c in pruned))
-        accept(ctx, step, kept)
-        beams = advance(ctx, kept, pruned, beams)
+        ranked = sorted(live, key=lambda c: -c.reward)
+        width = len(ranked) if keep is None else keep
+        beams = step.keep(ranked[:width], pruned=ranked[width:], announce_pruned=True)
         if not beams:
             return
 

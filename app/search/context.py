@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from app.search.answer import Completion, last_boxed, select
@@ -23,11 +23,13 @@ from app.search.events import (
     Origin,
     SearchStarted,
     Stats,
+    Threshold,
 )
+from app.search.forced import force_answer
 from app.search.prefix import Prefix
-from app.search.settings import SYSTEM_PROMPT, SearchSettings
+from app.search.settings import SearchSettings
 from app.search.types import Engines
-from engines.base import STEP_DELIMITER, Cancelled, LanguageModel, SampleParams, Seq, StopFn
+from engines.base import STEP_DELIMITER, SYSTEM_PROMPT, Cancelled, EngineError, LanguageModel, SampleParams, Seq, StopFn
 
 E = TypeVar("E", bound=Event)
 Clock = Callable[[], float]
@@ -60,6 +62,8 @@ class SearchContext:
     sink: Callable[[Event], None]
     should_stop: StopFn | None
     clock: Clock
+    # The method's thresholds at this run's settings (registry, SearchStarted).
+    thresholds: tuple[Threshold, ...] = ()
     rng: random.Random = field(init=False)
     counters: Counters = field(default_factory=Counters)
     completed: list[Completion] = field(default_factory=list)
@@ -69,6 +73,7 @@ class SearchContext:
     # search with what it has instead of failing it.
     started: bool = False
     _held: dict[int, tuple[LanguageModel, Seq]] = field(default_factory=dict)
+    _unboxed: dict[str, Seq | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.settings.seed)
@@ -109,6 +114,8 @@ class SearchContext:
         target must share a tokenizer (the official code uses one template too).
         """
         self.engines.reward.reset()
+        if getattr(self.engines.reward, "reads_policy_states", False) and "target" not in roles:
+            roles = (*roles, "target")  # a value head reads every step through the target
         prompt = self.engines.target.format_chat(SYSTEM_PROMPT, self.question)
         seqs = {role: self.hold(role, self.model(role).start(prompt)) for role in roles}
         root = Prefix(id="", steps=(), seqs=seqs)
@@ -143,7 +150,11 @@ class SearchContext:
             question=self.question,
             settings=self.settings.model_dump(),
             models=names,
+            thresholds=self.thresholds,
         )
+
+    def threshold(self, name: str) -> Threshold:
+        return next(t for t in self.thresholds if t.name == name)
 
     # -- sampling ------------------------------------------------------------------
 
@@ -179,8 +190,10 @@ class SearchContext:
             id=completion.id,
             solution=completion.solution,
             answer=completion.answer,
-            score=completion.score,
             reason=reason,
+            reward=completion.reward,
+            tilted=completion.tilted,
+            logprob=completion.logprob,
         )
 
     def stats(self) -> Stats:
@@ -212,14 +225,39 @@ class SearchContext:
         Without a completed solution (a search cut short) the best live prefix
         is the solution.
         """
-        self.release_all()
-        if self.completed:
-            chosen = select(self.completed, self.settings, vote=vote)
-            solution, answer = chosen.solution, chosen.answer
-        else:
-            best = max(self.beams, key=lambda p: p.score, default=None)
-            solution = best.text if best is not None else ""
-            answer = last_boxed(solution)
-        return self.emit(
-            Finished, answer=answer, solution=solution, stats=self.stats(), cancelled=cancelled, error=error
-        )
+        forced = False
+        try:
+            if self.completed:
+                chosen = select(self.completed, self.settings, vote=vote)
+                solution, answer = chosen.solution, chosen.answer
+                if answer is None and not cancelled and error is None:
+                    solution, answer, forced = self._force_answer(chosen.id, solution)
+            else:
+                best = max(self.beams, key=lambda p: p.merit, default=None)
+                solution = best.text if best is not None else ""
+                answer = last_boxed(solution)
+        finally:
+            self.release_all()
+        stats = replace(self.stats(), answer_forced=forced)
+        return self.emit(Finished, answer=answer, solution=solution, stats=stats, cancelled=cancelled, error=error)
+
+    def keep_for_answer(self, completion_id: str, target_seq: Seq | None) -> None:
+        """A completion without a box: keep its target sequence (already held)
+        until the end, in case it is chosen and its box must be asked for."""
+        self._unboxed[completion_id] = target_seq
+
+    def _force_answer(self, completion_id: str, solution: str) -> tuple[str, str | None, bool]:
+        """The chosen solution has no box: the target writes it (see forced.py).
+        Counted in the target's time like any of its calls."""
+        target = self.engines.target
+        seq = self._unboxed.get(completion_id)
+        try:
+            if seq is None:  # a draft-only solution: the target reads it first
+                seq = self.hold("target", target.start(target.format_chat(SYSTEM_PROMPT, self.question)))
+                target.extend(seq, target.tokenize(solution))
+            forced = force_answer(target, seq, should_stop=self.should_stop)
+        except (Cancelled, EngineError):
+            return solution, None, False
+        if forced.answer is None:
+            return solution, None, False
+        return solution + forced.text, forced.answer, True

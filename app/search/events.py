@@ -8,15 +8,37 @@ Candidate ids are strings unique within one search ("3.1" = step 3, candidate
 1; "3.t1" = a target candidate of step 3). `parent` names the candidate whose
 text the new one extends ("" for the question itself), so readers can build
 the tree of steps.
+
+Three numbers describe a step and each has its own name: `logprob`, a
+model's log-probability of the step (averaged per token or summed, see
+settings.logprob_norm); `reward`, the reward model's judgement of it; and
+`tilted`, SPECS's tilted score (log p_target - log p_draft) + beta * reward.
+Where one number must rank steps or solutions, their `merit` is whichever of
+the three the method decides by (see `merit`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, overload
 
 Origin = Literal["draft", "target"]
 Fate = Literal["accepted", "rejected", "pruned", "completed", "duplicate"]
+# The number a threshold is compared with.
+Bound = Literal["tilted", "reward"]
+
+
+@overload
+def merit(tilted: float | None, reward: float | None, logprob: float) -> float: ...
+@overload
+def merit(tilted: float | None, reward: float | None, logprob: float | None) -> float | None: ...
+def merit(tilted: float | None, reward: float | None, logprob: float | None) -> float | None:
+    """The number a search ranks a step or solution by: its tilted score where
+    the method tilts (SPECS), else its reward where it was judged (beam search,
+    best-of-n, RSD's drafts), else its log-probability (greedy, RSD's target steps)."""
+    if tilted is not None:
+        return tilted
+    return reward if reward is not None else logprob
 
 
 @dataclass(frozen=True)
@@ -39,6 +61,18 @@ class Stats:
     deferrals: int = 0
     switches: int = 0  # returns from the target to the draft
     completed: int = 0  # completed candidates collected
+    # The chosen solution had no \\boxed{} and the target was asked for it (forced.py).
+    answer_forced: bool = False
+
+    def to_json(self, *, derived: bool = True) -> dict[str, Any]:
+        """The record as JSON values, the one shape `solve --json`, bench rows and
+        traces read: its fields, then acceptance_rate and overhead_seconds unless
+        `derived` is False (traces keep only what cannot be recomputed)."""
+        data = asdict(self)
+        if derived:
+            data["acceptance_rate"] = self.acceptance_rate
+            data["overhead_seconds"] = self.overhead_seconds
+        return data
 
     @property
     def acceptance_rate(self) -> float:
@@ -61,11 +95,23 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Threshold:
+    """A threshold a run decides by, as readers show it."""
+
+    name: str  # the setting, e.g. "tau_accept"
+    symbol: str  # how it is written, e.g. "τ_accept"
+    value: float
+    bounds: Bound  # the number it is compared with
+
+
+@dataclass(frozen=True)
 class SearchStarted(Event):
     method: str
     question: str
     settings: dict[str, object]
     models: dict[str, str]  # role -> model name
+    # The thresholds this method decides by (readers mark them on their axes).
+    thresholds: tuple[Threshold, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,15 +150,21 @@ class CandidatesDrafted(Event):
 
 @dataclass(frozen=True)
 class CandidateScore:
+    """What the models said about one candidate of a step."""
+
     id: str
     reward: float
-    score: float  # the value the method selects on (tilted score, or reward)
-    target_logprob: float | None = None  # mean (or sum) over the step's tokens
+    tilted: float | None = None  # None: the method does not tilt
+    target_logprob: float | None = None
     draft_logprob: float | None = None
     # The target's probability of the least likely result after "=" in the
     # step (None: no result, or not checked); `reward` already includes the
     # check's scaling when settings.result_check is on.
     result_prob: float | None = None
+
+    @property
+    def merit(self) -> float | None:
+        return merit(self.tilted, self.reward, None)
 
 
 @dataclass(frozen=True)
@@ -138,7 +190,12 @@ class StepAccepted(Event):
     origin: Origin
     text: str
     reward: float | None  # None: the method did not consult the reward model (greedy, RSD's target steps)
-    score: float
+    tilted: float | None = None
+    logprob: float | None = None  # under the model that wrote the step
+
+    @property
+    def merit(self) -> float | None:
+        return merit(self.tilted, self.reward, self.logprob)
 
 
 @dataclass(frozen=True)
@@ -146,16 +203,18 @@ class Deferred(Event):
     """No draft was good enough: the target generates this step."""
 
     step: int
-    reason: str
-    best_score: float
-    threshold: float
+    best: float  # the best live draft's number on the threshold's scale
+    threshold: Threshold
+    drafts: int  # live drafts compared with the threshold
+    doubted: int  # of which the target doubted a result (arithmetic check)
+    lowest_result_prob: float | None = None  # the target's probability of the least likely doubted result
 
 
 @dataclass(frozen=True)
 class SwitchedToDraft(Event):
     step: int
     reward: float
-    threshold: float
+    threshold: Threshold
 
 
 @dataclass(frozen=True)
@@ -171,8 +230,15 @@ class CandidateCompleted(Event):
     id: str
     solution: str  # the whole solution text
     answer: str | None  # content of the last \boxed{}
-    score: float
     reason: str  # "eos" | "boxed" | "length" | "max_steps"
+    # Of the last step: None where the method did not compute the number.
+    reward: float | None = None
+    tilted: float | None = None
+    logprob: float | None = None
+
+    @property
+    def merit(self) -> float | None:
+        return merit(self.tilted, self.reward, self.logprob)
 
 
 @dataclass(frozen=True)
@@ -199,7 +265,4 @@ AnyEvent = (
     | Finished
 )
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls
-    for cls in AnyEvent.__args__  # type: ignore[attr-defined]
-}
+EVENT_TYPES: dict[str, type[Event]] = {cls.__name__: cls for cls in AnyEvent.__args__}

@@ -9,38 +9,22 @@ as in RSD's code). Every step starts with the draft again.
 from __future__ import annotations
 
 from app.search.context import SearchContext
-from app.search.events import Deferred, Fate
-from app.search.steps import draw, judge, keep_single, release, report_fates, report_scores, start_step
+from app.search.steps import Step
 
 
 def search(ctx: SearchContext) -> None:
     s = ctx.settings
     beams = [ctx.start(("draft", "target"))]
-    for step in range(s.max_steps):
-        start_step(ctx, step, "draft", beams)
-        fates: dict[str, Fate] = {}
-        (draft,) = draw(ctx, step, "draft", beams, 1, ctx.sample_params(step, "draft"))
-        t0 = ctx.clock()
-        judge(ctx, [draft])
-        reward = draft.reward or 0.0
-        draft.score = reward
-        report_scores(ctx, step, "draft", [draft], t0)
-        if reward >= s.rsd_delta:
-            beams = keep_single(ctx, step, draft, beams, fates)
+    for number in range(s.max_steps):
+        step = Step.begin(ctx, number, "draft", beams)
+        (draft,) = step.draw(1)
+        step.reward([draft])
+        if draft.reward >= s.rsd_delta:
+            beams = step.keep(step.collect([draft]))
         else:
-            report_fates(ctx, step, {draft.id: "rejected"})
-            ctx.emit(
-                Deferred,
-                step=step,
-                reason=f"the draft step's reward {reward:.3g} is below rsd_delta {s.rsd_delta:g}",
-                best_score=reward,
-                threshold=s.rsd_delta,
-            )
-            ctx.counters.deferrals += 1
-            release(ctx, [draft])
-            start_step(ctx, step, "target", beams)
-            (written,) = draw(ctx, step, "target", beams, 1, ctx.sample_params(step, "target"))
-            written.score = written.logprobs["target"]
-            beams = keep_single(ctx, step, written, beams, fates)
+            step.defer([draft], best=draft.reward, threshold="rsd_delta")
+            step = Step.begin(ctx, number, "target", beams)
+            (written,) = step.draw(1)
+            beams = step.keep(step.collect([written]))
         if not beams:
             return

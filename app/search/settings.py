@@ -11,14 +11,13 @@ when the reward is above 0.7 and the target does not disagree strongly, and
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-METHODS = ("specs", "beam", "beam-draft", "rsd", "best-of-n", "greedy")
-Method = Literal["specs", "beam", "beam-draft", "rsd", "best-of-n", "greedy"]
-
-SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+if TYPE_CHECKING:
+    METHODS: tuple[str, ...]  # the method names, in the registry's order
+    Method = str  # a method name, checked against the registry where models.toml is read
 
 
 class SearchSettings(BaseModel):
@@ -51,7 +50,7 @@ class SearchSettings(BaseModel):
     first_step_target: bool = True
     max_steps: int = Field(30, ge=1, le=500)
     max_step_tokens: int = Field(512, ge=1, le=32768)
-    # Final answer: the best completed candidate by score, or a reward-weighted
+    # Final answer: the best completed candidate by merit, or a reward-weighted
     # vote over the answers of completed candidates.
     answer_selection: Literal["best", "vote"] = "best"
     seed: int = 0
@@ -61,3 +60,14 @@ class SearchSettings(BaseModel):
         if self.beam_width > self.n:
             raise ValueError(f"beam width m={self.beam_width} cannot exceed n={self.n}")
         return self
+
+
+def __getattr__(name: str) -> Any:
+    # METHODS and Method come from the registry (app/search/methods.py), which
+    # imports the searches, which import this module: they are made on first use.
+    if name in ("METHODS", "Method"):
+        from app.search.methods import REGISTRY
+
+        names = tuple(REGISTRY)
+        return names if name == "METHODS" else Literal[names]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

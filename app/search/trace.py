@@ -1,17 +1,24 @@
-"""Traces: every event of a search as one JSON line, and back."""
+"""Traces: every event of a search as one JSON line, and back.
+
+Traces written by earlier versions load as today's events: `_Upgrade`
+rewrites their lines as it reads them (one search per trace, so it learns
+the method from the first line).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from functools import cache
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pydantic import TypeAdapter
 
-from .events import EVENT_TYPES, Event
+from .events import EVENT_TYPES, Event, Finished
+from .methods import REGISTRY, THRESHOLDS
 
 
 class TraceError(ValueError):
@@ -19,7 +26,10 @@ class TraceError(ValueError):
 
 
 def event_to_json(event: Event) -> str:
-    return json.dumps({"event": type(event).__name__, **asdict(event)}, ensure_ascii=False)
+    data = asdict(event)
+    if isinstance(event, Finished):
+        data["stats"] = event.stats.to_json(derived=False)
+    return json.dumps({"event": type(event).__name__, **data}, ensure_ascii=False)
 
 
 @cache
@@ -28,11 +38,79 @@ def _adapter(name: str) -> TypeAdapter:
 
 
 def event_from_json(line: str) -> Event:
-    data = json.loads(line)
+    """One line of a trace written by this version."""
+    return _event(json.loads(line))
+
+
+def _event(data: dict[str, Any]) -> Event:
     name = data.pop("event", None)
     if name not in EVENT_TYPES:
         raise TraceError(f"unknown event {name!r}")
     return _adapter(name).validate_python(data)
+
+
+# What the sentence of an old Deferred said about the arithmetic check.
+_DOUBTED = re.compile(r"the target doubted a result in (\d+) of (\d+) \(p = ([^)]+)\)")
+# Old traces: the threshold each method deferred by, and SPECS's return to the draft.
+_OLD_DEFERRAL_THRESHOLD = {"specs": "tau_accept", "rsd": "rsd_delta"}
+_OLD_SWITCH_THRESHOLD = "tau_switch"
+# Old traces: the methods whose `score` was the tilted score.
+_OLD_TILTING = {"specs"}
+
+
+class _Upgrade:
+    """Rewrites lines of traces written before the method registry into today's fields.
+
+    Those traces had no thresholds in SearchStarted (they come from the
+    registry and the run's settings), one `score` where today there are three
+    numbers (SPECS scored by the tilted score; the other methods by the
+    reward of a judged candidate and by the log-probability of any other),
+    a sentence in Deferred where today there are numbers, and bare numbers
+    for thresholds.
+    """
+
+    def __init__(self) -> None:
+        self.method = ""
+        self.settings: dict[str, Any] = {}
+        self.rewards: dict[str, float] = {}  # candidate id -> reward, of the judged ones
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        name = data.get("event")
+        if name == "SearchStarted":
+            self.method, self.settings, self.rewards = data.get("method", ""), data.get("settings", {}), {}
+            if "thresholds" not in data:
+                spec = REGISTRY.get(self.method)
+                data["thresholds"] = [asdict(t) for t in spec.thresholds_in(self.settings)] if spec else []
+        elif name == "CandidatesScored":
+            for score in data.get("scores", []):
+                self.rewards[score["id"]] = score["reward"]
+                if "score" in score:
+                    old = score.pop("score")
+                    if self.method in _OLD_TILTING:
+                        score["tilted"] = old
+        elif name in ("StepAccepted", "CandidateCompleted") and "score" in data:
+            old = data.pop("score")
+            data.setdefault("reward", self.rewards.get(data.get("id", "")))
+            if self.method in _OLD_TILTING:
+                data["tilted"] = old
+            elif data["reward"] is None:
+                data["logprob"] = old
+        elif name == "Deferred" and "best_score" in data:
+            data["best"] = data.pop("best_score")
+            data["threshold"] = self._threshold(_OLD_DEFERRAL_THRESHOLD.get(self.method, ""), data["threshold"])
+            doubted = _DOUBTED.search(data.pop("reason", ""))
+            data["doubted"] = int(doubted.group(1)) if doubted else 0
+            data["drafts"] = int(doubted.group(2)) if doubted else 0
+            data["lowest_result_prob"] = float(doubted.group(3)) if doubted else None
+        elif name == "SwitchedToDraft" and isinstance(data.get("threshold"), (int, float)):
+            data["threshold"] = self._threshold(_OLD_SWITCH_THRESHOLD, data["threshold"])
+        return data
+
+    def _threshold(self, setting: str, value: float) -> dict[str, Any]:
+        spec = THRESHOLDS.get(setting)
+        if spec is None:  # a method this version does not know
+            return {"name": setting, "symbol": setting, "value": value, "bounds": "reward"}
+        return asdict(spec.at(value))
 
 
 class TraceWriter:
@@ -57,13 +135,18 @@ class TraceWriter:
 
 
 def read_trace(path: Path | str) -> Iterator[Event]:
+    """The events of a trace, from this version or an earlier one."""
+    upgrade = _Upgrade()
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                yield event_from_json(line)
-            except (ValueError, TypeError) as exc:
+                data = json.loads(line)
+                if not isinstance(data, dict):
+                    raise ValueError("a JSON object per line is expected")
+                yield _event(upgrade(data))
+            except (ValueError, TypeError, KeyError) as exc:
                 raise TraceError(f"{path}:{number}: not a specs-local event ({exc})") from None
 
 

@@ -30,6 +30,7 @@ from app.errors import UserError
 from app.render import one_line
 from app.search import run
 from app.search.events import DraftProgress, Event, Finished, SearchStarted, StepStarted
+from app.search.methods import needs_draft
 from app.search.settings import METHODS, SearchSettings
 from app.tui.answer import AnswerPanel
 from app.tui.beam_view import COLUMNS, FATE_LEGEND, BeamView
@@ -55,7 +56,7 @@ REFRESH_HZ = 10
 PROGRESS_HZ = 5
 LATENCY_TICK = 0.5
 COMPARE_METHODS = ("specs", "beam")
-NEEDS_DRAFT = ("specs", "rsd", "beam-draft")
+NEEDS_DRAFT = tuple(m for m in METHODS if needs_draft(m))
 
 SearchFn = Callable[..., Finished]
 MissingModelsFn = Callable[[Preset, Catalog], Sequence[object]]

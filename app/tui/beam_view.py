@@ -171,7 +171,7 @@ class BeamView(Tree[str]):
             for s in event.scores:
                 cand = self.candidates.get(s.id)
                 if cand is not None:
-                    cand.reward, cand.score = s.reward, s.score
+                    cand.reward, cand.score = s.reward, s.merit
                     cand.target_logprob, cand.draft_logprob = s.target_logprob, s.draft_logprob
                     if s.result_prob is not None and s.result_prob < self._result_check:
                         cand.doubted_result = s.result_prob

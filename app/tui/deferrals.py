@@ -7,17 +7,19 @@ from textual.widgets import RichLog
 
 from app.search.events import Deferred, Event, SearchStarted, SwitchedToDraft
 
+# How the log names the number a threshold bounds.
+BOUND_WORDS = {"tilted": "score", "reward": "reward"}
 
-def deferral_line(event: Deferred | SwitchedToDraft, method: str = "specs") -> Text:
+
+def deferral_line(event: Deferred | SwitchedToDraft) -> Text:
     line = Text(f"{event.step:>3} ", style="dim")
+    t = event.threshold
     if isinstance(event, Deferred):
-        # SPECS defers on the tilted score, RSD on the reward.
-        value, bound = ("reward", "δ") if method == "rsd" else ("score", "τ_accept")
         line.append("→ target  ", style="bold magenta")
-        line.append(f"best {value} {event.best_score:.2f} < {bound} {event.threshold:.2f}")
+        line.append(f"best {BOUND_WORDS[t.bounds]} {event.best:.2f} < {t.symbol} {t.value:.2f}")
     else:
         line.append("→ draft   ", style="bold cyan")
-        line.append(f"reward {event.reward:.2f} ≥ τ_switch {event.threshold:.2f}")
+        line.append(f"reward {event.reward:.2f} ≥ {t.symbol} {t.value:.2f}")
     return line
 
 
@@ -27,14 +29,12 @@ class DeferralLog(RichLog):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, max_lines=500, min_width=20, wrap=True, markup=False, auto_scroll=True)
         self.entries: list[str] = []
-        self.method = "specs"
 
     def apply(self, event: Event) -> None:
         if isinstance(event, SearchStarted):
             self.clear()
             self.entries.clear()
-            self.method = event.method
         elif isinstance(event, (Deferred, SwitchedToDraft)):
-            line = deferral_line(event, self.method)
+            line = deferral_line(event)
             self.entries.append(line.plain)
             self.write(line)

@@ -22,6 +22,7 @@ from app.search.events import (
     Stats,
     StepAccepted,
 )
+from app.search.methods import REGISTRY
 
 SLICE_STYLE = {
     "draft": "cyan",
@@ -32,8 +33,6 @@ SLICE_STYLE = {
     "in flight": "grey50",
 }
 OUTSIDE_MODELS = ("other", "in flight")
-# Methods that hand steps between draft and target, where acceptance means something.
-HANDOVER_METHODS = ("specs", "rsd")
 
 
 def stacked_bar(width: int, slices: dict[str, float]) -> Text:
@@ -74,7 +73,9 @@ class LatencyPanel(Widget):
         if isinstance(event, SearchStarted):
             self._reset()
             self.started_at = event.t
-            self.uses_draft = event.method in HANDOVER_METHODS
+            # Acceptance means something where steps pass between draft and target.
+            spec = REGISTRY.get(event.method)
+            self.uses_draft = spec is not None and spec.hands_over
             return
         if self.started_at is not None:
             self.elapsed = max(self.elapsed, event.t - self.started_at)

@@ -1,8 +1,10 @@
 """Reward (and tilted score) per step: the chosen candidate against the spread.
 
-One line per step. The reward track runs from 0 to 1 with tau_switch marked;
-for SPECS a second track shows the tilted scores with tau_accept marked. The
-dim bar spans the step's candidates (min to max), the dot is the one chosen.
+One line per step. The reward track runs from 0 to 1 with the run's reward
+threshold marked (SPECS's tau_switch, RSD's delta); for a method that tilts
+(SPECS) a second track shows the tilted scores with the threshold on them
+(tau_accept) marked. The dim bar spans the step's candidates (min to max),
+the dot is the one chosen.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from app.search.events import (
     Origin,
     SearchStarted,
     StepAccepted,
+    Threshold,
 )
 
 ORIGIN_STYLE = {"draft": "bold cyan", "target": "bold magenta"}
@@ -27,29 +30,31 @@ ORIGIN_STYLE = {"draft": "bold cyan", "target": "bold magenta"}
 @dataclass
 class StepRewards:
     rewards: list[float] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
+    tilted: list[float] = field(default_factory=list)
     chosen_reward: float | None = None
-    chosen_score: float | None = None
+    chosen_tilted: float | None = None
+    chosen_merit: float | None = None  # what chose among the step's completions
     origin: Origin | None = None
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    reward: float | None = None  # tau_switch (SPECS) or delta (RSD), on the reward
-    score: float | None = None  # tau_accept (SPECS), on the tilted score
+    reward: float | None = None  # on the reward: tau_switch (SPECS) or delta (RSD)
+    tilted: float | None = None  # on the tilted score: tau_accept (SPECS)
     reward_name: str = "τ_switch"
+    tilted_name: str = "τ_accept"
 
 
-def thresholds_for(method: str, settings: dict[str, object]) -> Thresholds:
-    def number(key: str) -> float | None:
-        value = settings.get(key)
-        return float(value) if isinstance(value, (int, float)) else None
-
-    if method == "specs":
-        return Thresholds(number("tau_switch"), number("tau_accept"))
-    if method == "rsd":
-        return Thresholds(number("rsd_delta"), None, "δ")
-    return Thresholds()
+def chart_thresholds(thresholds: tuple[Threshold, ...]) -> Thresholds:
+    """The first threshold on each track, from a run's SearchStarted."""
+    on_reward = next((t for t in thresholds if t.bounds == "reward"), None)
+    on_tilted = next((t for t in thresholds if t.bounds == "tilted"), None)
+    return Thresholds(
+        reward=on_reward.value if on_reward else None,
+        tilted=on_tilted.value if on_tilted else None,
+        reward_name=on_reward.symbol if on_reward else Thresholds.reward_name,
+        tilted_name=on_tilted.symbol if on_tilted else Thresholds.tilted_name,
+    )
 
 
 def track(
@@ -94,36 +99,38 @@ class RewardChart(Widget):
         super().__init__(id=id)
         self.steps: dict[int, StepRewards] = {}
         self.thresholds = Thresholds()
-        self._scored: dict[str, tuple[Origin, float]] = {}  # id -> (origin, reward)
+        self._origins: dict[str, Origin] = {}  # of the scored candidates, by id
 
     def apply(self, event: Event) -> bool:
         """Take an event; True when the chart changed."""
         if isinstance(event, SearchStarted):
             self.steps = {}
-            self._scored = {}
-            self.thresholds = thresholds_for(event.method, event.settings)
+            self._origins = {}
+            self.thresholds = chart_thresholds(event.thresholds)
         elif isinstance(event, CandidatesScored):
             row = self.steps.setdefault(event.step, StepRewards())
             row.rewards += [s.reward for s in event.scores]
-            row.scores += [s.score for s in event.scores]
-            self._scored.update((s.id, (event.origin, s.reward)) for s in event.scores)
+            row.tilted += [s.tilted for s in event.scores if s.tilted is not None]
+            self._origins.update((s.id, event.origin) for s in event.scores)
         elif isinstance(event, StepAccepted):
             row = self.steps.setdefault(event.step, StepRewards())
-            row.chosen_reward, row.chosen_score, row.origin = event.reward, event.score, event.origin
+            row.chosen_reward, row.chosen_tilted, row.origin = event.reward, event.tilted, event.origin
+            row.chosen_merit = event.merit
         elif isinstance(event, CandidateCompleted):
             # A finishing step is chosen by completing, not by a StepAccepted.
             row = self.steps.setdefault(event.step, StepRewards())
-            if row.chosen_score is None or event.score > row.chosen_score:
-                origin, reward = self._scored.get(event.id, (None, None))
-                row.chosen_reward, row.chosen_score, row.origin = reward, event.score, origin
+            merit = event.merit
+            if row.chosen_merit is None or (merit is not None and merit > row.chosen_merit):
+                row.chosen_reward, row.chosen_tilted, row.chosen_merit = event.reward, event.tilted, merit
+                row.origin = self._origins.get(event.id)
         else:
             return False
         return True
 
-    def _score_range(self) -> tuple[float, float]:
-        values = [s for row in self.steps.values() for s in row.scores]
-        if self.thresholds.score is not None:
-            values.append(self.thresholds.score)
+    def _tilted_range(self) -> tuple[float, float]:
+        values = [s for row in self.steps.values() for s in row.tilted]
+        if self.thresholds.tilted is not None:
+            values.append(self.thresholds.tilted)
         if not values:
             return 0.0, 1.0
         lo, hi = min(values), max(values)
@@ -132,20 +139,20 @@ class RewardChart(Widget):
 
     def render(self) -> Text:
         width = self.size.width
-        show_scores = self.thresholds.score is not None and width >= 44
+        show_tilted = self.thresholds.tilted is not None and width >= 44
         # "  3 D " + track + " 0.82" [+ "  " + track + " 12.34"]
-        fixed = 6 + 5 + (9 if show_scores else 0)
+        fixed = 6 + 5 + (9 if show_tilted else 0)
         room = max(width - fixed, 4)
-        reward_width = room // 2 if show_scores else room
-        score_width = room - reward_width
+        reward_width = room // 2 if show_tilted else room
+        tilted_width = room - reward_width
         t = self.thresholds
         head = Text(" " * 6 + "reward 0–1".ljust(reward_width + 5), style="bold")
-        if show_scores:
+        if show_tilted:
             head.append("  score", style="bold")
         lines = [head]
         if not self.steps:
             lines.append(Text("no scored steps yet", style="dim"))
-        lo, hi = self._score_range()
+        lo, hi = self._tilted_range()
         for step in sorted(self.steps):
             row = self.steps[step]
             style = ORIGIN_STYLE.get(row.origin or "", "bold white")
@@ -153,14 +160,14 @@ class RewardChart(Widget):
             line.append((row.origin or " ")[0].upper() + " ", style=style)
             line.append_text(track(reward_width, 0.0, 1.0, row.rewards, row.chosen_reward, t.reward, style))
             line.append(f" {row.chosen_reward:4.2f}" if row.chosen_reward is not None else "    ·")
-            if show_scores:
+            if show_tilted:
                 line.append("  ")
-                line.append_text(track(score_width, lo, hi, row.scores, row.chosen_score, t.score, style))
-                line.append(f" {row.chosen_score:6.2f}" if row.chosen_score is not None else "      ·")
+                line.append_text(track(tilted_width, lo, hi, row.tilted, row.chosen_tilted, t.tilted, style))
+                line.append(f" {row.chosen_tilted:6.2f}" if row.chosen_tilted is not None else "      ·")
             lines.append(line)
         if t.reward is not None:
             lines.append(Text(f"┊ {t.reward_name} {t.reward:.2f} (reward)", style="yellow"))
-        if show_scores:
-            lines.append(Text(f"┊ τ_accept {t.score:.2f} (tilted score)", style="yellow"))
+        if show_tilted:
+            lines.append(Text(f"┊ {t.tilted_name} {t.tilted:.2f} (tilted score)", style="yellow"))
         lines.append(Text("● chosen  ━ candidates min–max", style="dim"))
         return Text("\n").join(lines)

@@ -27,16 +27,17 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from engines.base import (
     STEP_DELIMITER,
     Cancelled,
     ContextFullError,
-    Draft,
     EngineError,
     ModelUsage,
     ProgressFn,
     RewardQuery,
+    Sampled,
     SampleParams,
     Scored,
     SequencePoolExhausted,
@@ -142,9 +143,13 @@ class ScriptedModel:
         unknown_logprob: float = -5.0,
         n_ctx: int = 4096,
         n_seq_max: int = 64,
+        states: Callable[[str], Sequence[float]] | None = None,
     ) -> None:
         self.name = name
         self.usage = ModelUsage()
+        # A stand-in for hidden states: `states(step)` for the last step of what
+        # a sampled or scored sequence holds (None: the model gives none).
+        self._states = states
         self.clock = clock or FakeClock()
         self._script = {key: tuple(conts) for key, conts in script.items()}
         self._seconds_per_token = seconds_per_token
@@ -299,7 +304,7 @@ class ScriptedModel:
         *,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
-    ) -> list[list[Draft]]:
+    ) -> list[list[Sampled]]:
         self.usage.calls += 1
         parents = [self._check(s) for s in seqs]
         plans = []
@@ -345,19 +350,25 @@ class ScriptedModel:
         except BaseException:
             self._release_all(forks)
             raise
-        drafts: list[list[Draft]] = [[] for _ in parents]
+        drafts: list[list[Sampled]] = [[] for _ in parents]
         for i, (tokens, logprobs) in enumerate(plans):
             n = emitted[i]
             drafts[i // k].append(
-                Draft(
+                Sampled(
                     tokens=tokens[:n],
                     text=self.detokenize(tokens[:n]),
                     logprobs=logprobs[:n],
                     stop=stops[i],
                     seq=forks[i],
+                    hidden=self._state_of(forks[i]),
                 )
             )
         return drafts
+
+    def _state_of(self, seq: ScriptedSeq) -> Sequence[float] | None:
+        if self._states is None:
+            return None
+        return self._states(last_step(assistant_text(self.detokenize(seq.tokens))))
 
     def _stop_after(
         self, fork: ScriptedSeq, tokens: list[int], emitted: int, start: int, params: SampleParams
@@ -417,9 +428,11 @@ class ScriptedModel:
                 parent = self._check(parent)
                 context = assistant_text(self.detokenize(parent.tokens))
                 seq = self._new_seq(parent.tokens + list(tokens))
-                results.append(Scored(logprobs=self.token_logprobs(context, tokens), seq=seq))
+                results.append(
+                    Scored(logprobs=self.token_logprobs(context, tokens), seq=seq, hidden=self._state_of(seq))
+                )
         except BaseException:
-            self._release_all([r.seq for r in results])  # type: ignore[misc]
+            self._release_all([cast(ScriptedSeq, r.seq) for r in results])
             raise
         total = sum(len(t) for _, t in pairs)
         self.usage.prefilled += total

@@ -1,0 +1,108 @@
+"""A head trained end to end on scripted models: rollouts, features read by
+teacher forcing, the fit and its report, resumed work and bad input."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli_solve import write_catalog
+
+from app.cli import main
+from app.eval.datasets import Problem
+from app.eval.rollouts import RolloutPlan
+from app.eval.train_head import HeadTraining, fit_and_report
+from engines.testing.scripted import Continuation, ScriptedModel, ScriptedReward
+
+RIGHT = "Add 12 and 30.\n\n"
+WRONG = "Subtract 30 from 12.\n\n"
+SCRIPT = {
+    "": (Continuation(RIGHT, -0.3), Continuation(WRONG, -0.9)),
+    RIGHT: (Continuation("The answer is \\boxed{42}.", -0.1, eos=True),),
+    WRONG: (Continuation("The answer is \\boxed{-18}.", -0.1, eos=True),),
+}
+
+
+def _state(step: str) -> list[float]:
+    # A "hidden state" that knows which way the solution went, plus noise.
+    good = 1.0 if ("12 and" in step or "42" in step) else -1.0
+    rng = np.random.default_rng(zlib.crc32(step.encode()))
+    return [good + rng.normal(scale=0.5), *rng.normal(size=3)]
+
+
+def test_training_fits_a_head_that_separates_held_out_problems(tmp_path: Path) -> None:
+    problems = [Problem(f"p{i}", "What is 12 + 30?", "42") for i in range(40)]
+    draft = ScriptedModel("draft", SCRIPT)
+    target = ScriptedModel("target", SCRIPT, states=_state)
+    plans = [RolloutPlan("draft", 1.0, 2), RolloutPlan("target", 1.0, 2, every=2)]
+    training = HeadTraining(tmp_path / "work", problems, plans)
+    rollouts = training.sample({"draft": draft, "target": target})
+    assert len(rollouts) == 40 * 2 + 20 * 2
+    features = training.features(target, rollouts)
+    assert features.states.shape == (sum(len(r.steps) for r in rollouts), 4)
+    judge = ScriptedReward("judge", {RIGHT: 0.7, WRONG: 0.6}, default=0.5)
+    report = fit_and_report(
+        features, model_sha256="ab" * 32, judge=lambda rows: training.judge(judge, features, rows, rollouts)
+    )
+    head_auc = report.table["value head"]["auc"]
+    assert head_auc is not None and head_auc > 0.95
+    assert report.table["judge (reward model)"]["steps"] > 0
+    assert report.head.info["held_out_auc"]["value head"]["auc"] == head_auc
+    assert any("value head" in line for line in report.lines())
+    assert draft.live == 0 and target.live == 0
+    # Everything expensive is on disk: a second run samples and reads nothing.
+    calls = (draft.usage.calls, target.usage.calls)
+    again = training.sample({"draft": draft, "target": target})
+    assert len(again) == len(rollouts)
+    assert training.features(target, again).keys == features.keys
+    assert (draft.usage.calls, target.usage.calls) == calls
+    assert json.loads((tmp_path / "work" / "judge.json").read_text())
+
+
+def test_train_head_refuses_bad_input_before_any_rollout(tmp_path: Path, tiny_qwen: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(write_catalog(tmp_path / "m.toml", tiny_qwen, tiny_qwen)))
+    no_answers = tmp_path / "q.jsonl"
+    no_answers.write_text(json.dumps({"id": "a", "problem": "What is 1 + 1?"}) + "\n")
+    out = tmp_path / "head.safetensors"
+    code = main(["train-head", "--preset", "tiny", "--dataset", str(no_answers), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs `problem` and `answer`" in err and "Traceback" not in err
+    code = main(["train-head", "--preset", "tiny", "--dataset", str(no_answers), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a directory" in err
+    assert not (tmp_path / "head.safetensors.work").exists()
+
+
+@pytest.mark.parametrize("answer", ["1"])
+def test_train_head_with_one_kind_of_label_is_one_sentence(
+    answer: str, tmp_path: Path, tiny_qwen: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(write_catalog(tmp_path / "m.toml", tiny_qwen, tiny_qwen)))
+    monkeypatch.setenv("SPECS_LOCAL_THREADS", "1")
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(json.dumps({"id": f"q{i}", "problem": "What is 1 + 1?", "answer": answer}) + "\n" for i in range(2))
+    )
+    out = tmp_path / "head.safetensors"
+    code = main(
+        [
+            "train-head",
+            "--preset",
+            "tiny",
+            "--dataset",
+            str(data),
+            "--out",
+            str(out),
+            "--plans",
+            "target@0.8*1",
+            "--no-judge",
+        ]
+    )
+    err = capsys.readouterr().err
+    # Gibberish from random weights is never right: nothing to learn from, said in one sentence.
+    assert code == 2 and "right and wrong" in err and "Traceback" not in err
+    assert (tmp_path / "head.safetensors.work" / "rollouts.jsonl").exists()
+    assert not out.exists()
