@@ -317,3 +317,27 @@ def test_a_report_the_disk_refuses_names_the_command_that_writes_it_again(
         f" {out / 'results.jsonl'}: free some space and run `specs-local bench --report-only --out {out}`."
     ) in err.splitlines()
     assert len(results(out)) == 3
+
+
+def test_a_trace_the_disk_cuts_short_is_written_again_with_its_run(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from faults import FullDisk
+
+    from app.search import trace as trace_module
+
+    out, traces = tmp_path / "o", tmp_path / "traces"
+    args = ["--dataset", str(dataset), "--methods", "greedy", "--preset", "cpu-dev", "--out", str(out)]
+    with monkeypatch.context() as patch:
+        patch.setattr(trace_module, "open", FullDisk(free=3000).open, raising=False)
+        assert bench(*args, "--trace-dir", str(traces)) == 2
+    err = capsys.readouterr().err
+    [error] = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert error.startswith(f"error: Cannot write the trace {traces}/") and "(No space left on device)" in error
+    assert error.endswith("each whole; free some space and run the same command again to resume.")
+    assert not (out / "results.jsonl").is_file() or len(results(out)) < 3  # the run whose trace was cut is not kept
+    assert bench(*args, "--trace-dir", str(traces)) == 0
+    assert {r["id"] for r in results(out)} == {"p0", "p2", "p3"} and len(results(out)) == 3
+    for path in traces.glob("*.jsonl"):
+        assert path.read_bytes().endswith(b"\n")
+        assert '"Finished"' in path.read_text().splitlines()[-1]

@@ -249,3 +249,29 @@ def test_a_model_file_changed_after_the_preset_found_it_is_one_sentence(
     code, _out, err = run_cli(["solve", "What is 1 + 1?", "--preset", "tiny"], capsys)
     assert code == 2, err
     assert err.strip().splitlines() == [f"error: {target}, the file of tiny-target, {says}"]
+
+
+def test_a_disk_that_fills_up_under_the_trace_keeps_its_whole_events_and_the_answer(
+    tiny_preset: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from faults import FullDisk
+
+    from app.search import trace as trace_module
+
+    whole = tmp_path / "whole.jsonl"
+    assert run_cli(["solve", "What is 1 + 1?", "--preset", "tiny", "--trace", str(whole)], capsys)[0] == 0
+    lines = whole.read_bytes().splitlines(keepends=True)
+    fits = sum(len(line) for line in lines[:3]) + 10  # three events and part of the fourth
+    trace = tmp_path / "t.jsonl"
+    with monkeypatch.context() as patch:
+        patch.setattr(trace_module, "open", FullDisk(free=fits).open, raising=False)
+        code, out, err = run_cli(["solve", "What is 1 + 1?", "--preset", "tiny", "--trace", str(trace)], capsys)
+    assert code == 2
+    assert "answer: " in out  # the search went on without its trace
+    assert err.strip().splitlines()[-1] == (
+        f"error: Cannot write the trace {trace} (No space left on device): it holds the first 3 events, each whole;"
+        " free some space and solve again for the whole trace."
+    )
+    kept = trace.read_bytes()
+    assert kept.count(b"\n") == 3 and kept.endswith(b"\n")  # the torn fourth line was cut off
+    assert [type(e) for e in read_trace(trace)] == [type(e) for e in read_trace(whole)][:3]

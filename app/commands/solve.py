@@ -176,8 +176,14 @@ def command(
             if writer:
                 writer.close()
 
+    # The answer is shown even when the trace could not be written; the failure follows it.
+    trace_failure = (
+        f"{writer.failure}; free some space and solve again for the whole trace." if writer and writer.failure else None
+    )
     if as_json:
         click.echo(result_json(finished, printer.steps, method, chosen.name))
+        if trace_failure:
+            raise UserError(trace_failure)
         return
     if finished.cancelled:
         click.secho("Stopped early; the best answer found so far:", fg="yellow", err=True)
@@ -186,3 +192,5 @@ def command(
     click.secho(stats_footer(finished.stats), dim=True)
     if finished.error:
         raise UserError(finished.error)
+    if trace_failure:
+        raise UserError(trace_failure)

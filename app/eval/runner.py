@@ -378,6 +378,8 @@ def _trace_sink(trace_dir: Path | None, problem_id: str, label: str) -> Iterator
 
     with TraceWriter(trace_dir / trace_name(problem_id, label)) as writer:
         yield writer
+    if writer.failure:  # before the run's line is written, so that the rerun runs it (and its trace) again
+        raise ResultsNotWritten(f"{writer.failure}; free some space and run the same command again to resume.")
 
 
 def trace_name(problem_id: str, label: str) -> str:

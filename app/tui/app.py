@@ -79,6 +79,7 @@ class Replay:
     events: list[Event]
     speed: float = 1.0
     name: str = "trace"
+    note: str | None = None  # what the status line adds, e.g. that the trace's last line was cut
 
 
 def _describe_model(item: object) -> str:
@@ -398,7 +399,8 @@ class SpecsApp(App[None]):
         worker = get_current_worker()
         error: str | None = None
         try:
-            self.post_message(StatusChanged(f"Replaying {replay.name} at {replay.speed:g}x…"))
+            note = f" ({replay.note})" if replay.note else ""
+            self.post_message(StatusChanged(f"Replaying {replay.name} at {replay.speed:g}x…{note}"))
             play(replay.events, replay.speed, self.buffer.emit, lambda: worker.is_cancelled)
         except Exception as exc:
             log.exception("replay failed")
