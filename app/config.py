@@ -215,10 +215,9 @@ def load_catalog(user_file: Path | None = None) -> Catalog:
         return Catalog.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(
-            f"Invalid model catalog ({user_file} over the built-in one): {where}: {first['msg']}."
-        ) from None
+        where = ".".join(repr(p) if isinstance(p, str) and not p.isprintable() else str(p) for p in first["loc"])
+        message = " ".join(first["msg"].split())  # one line, whatever a validator said
+        raise ConfigError(f"Invalid model catalog ({user_file} over the built-in one): {where}: {message}.") from None
 
 
 def write_user_overrides(update: dict[str, Any], user_file: Path | None = None) -> Path:

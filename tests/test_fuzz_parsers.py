@@ -1,6 +1,6 @@
 """Fuzzing the parsers of files users hand us: every input is read or refused in one sentence.
 
-A user catalog (models.toml), a dataset in JSON Lines and a GGUF header are
+A user catalog (models.toml), a dataset in JSON Lines, a trace and a GGUF header are
 each given valid files mutated at random (bytes flipped, cut, repeated,
 inserted, integers swapped for extreme ones) and text built from their own
 grammar. The only outcomes allowed are a result or the parser's one-sentence
@@ -23,6 +23,7 @@ from fakehub import build_tiny_gguf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.commands.replay import load_events
 from app.config import ConfigError, dump_toml, load_catalog
 from app.errors import UserError
 from app.eval.datasets import read_jsonl
@@ -138,8 +139,9 @@ def test_user_catalogs_of_any_shape_load_or_are_refused_in_one_sentence(tmp_path
         b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n",
         b"[models.x]\nfile = 'a.gguf'\nrepo = 'o/r'\ncontext = 99999999999999999999\n",
         b'default_preset = "' + b"x" * 100_000 + b'"\n',
+        b'[models."two\\nlines"]\nfile = "a.gguf"\nrepo = "o/r"\nbogus = 1\n',
     ],
-    ids=["not-utf8", "deep-nesting", "huge-integer", "long-string"],
+    ids=["not-utf8", "deep-nesting", "huge-integer", "long-string", "newline-in-a-key"],
 )
 def test_catalogs_found_by_fuzzing(tmp_path: Path, content: bytes) -> None:
     check_catalog(tmp_path / "models.toml", content)
@@ -244,3 +246,45 @@ def test_mutated_gguf_headers_parse_or_are_refused_in_one_sentence(tmp_path: Pat
 )
 def test_gguf_headers_found_by_fuzzing(tmp_path: Path, content: bytes) -> None:
     check_header(tmp_path / "m.gguf", content)
+
+
+# -- traces ---------------------------------------------------------------------------------
+
+# One trace written before the method registry (read through the upgrade) and the same search's head as
+# today's writer puts it, so that both readers of lines are fuzzed.
+OLD_TRACE = (Path(__file__).parent / "data" / "trace-specs-v0.jsonl").read_bytes()
+
+
+def check_trace(path: Path, content: bytes) -> None:
+    path.write_bytes(content)
+    try:
+        loaded = load_events(path)
+    except UserError as exc:
+        assert_one_sentence(str(exc))
+    else:
+        assert loaded.events
+
+
+@FILES
+@given(content=mutated(OLD_TRACE))
+def test_mutated_traces_replay_or_are_refused_in_one_sentence(tmp_path: Path, content: bytes) -> None:
+    check_trace(tmp_path / "t.jsonl", content)
+
+
+@FILES
+@given(rows=st.lists(JSON_VALUES, min_size=1, max_size=6))
+def test_traces_of_any_json_replay_or_are_refused_in_one_sentence(tmp_path: Path, rows: list) -> None:
+    check_trace(tmp_path / "t.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"[" * 100_000 + b"\n",
+        b'{"event": "SearchStarted", "t": ' + b"[" * 100_000 + b"}\n",
+        b"\xff\xfe\n",
+    ],
+    ids=["deep-array", "deep-field", "not-utf8"],
+)
+def test_traces_found_by_fuzzing(tmp_path: Path, content: bytes) -> None:
+    check_trace(tmp_path / "t.jsonl", content)
