@@ -202,10 +202,12 @@ def _free(ctx: object, model: object) -> None:
 
 class Decoded(NamedTuple):
     """The output rows of one decode: their indices among the rows asked for, and
-    their logits (llama.cpp's own buffer, overwritten by the next decode)."""
+    their logits (llama.cpp's own buffer, overwritten by the next decode). Row i
+    is row i - start of the decode's batch (llama.cpp's `_ith` getters count so)."""
 
     rows: np.ndarray
     logits: np.ndarray
+    start: int
     # Final hidden states of the same rows (llama.cpp's buffer too), when asked for.
     hidden: np.ndarray | None = None
 
@@ -373,7 +375,7 @@ class NativeContext:
                     if not pointer:
                         raise EngineError(f"llama.cpp returned no hidden states for {self.name}.")
                     states = np.ctypeslib.as_array(pointer, shape=(len(out_rows), self.n_embd))
-                consume(Decoded(out_rows, logits, states))
+                consume(Decoded(out_rows, logits, start, states))
 
     def _decode_error(self, rc: int, n_rows: int) -> EngineError:
         if rc == 1:

@@ -3,7 +3,8 @@
 Everything here keeps one set of invariants between the sequences and the KV
 cache; the rest lives beside it: the context, its options and every llama.cpp
 call in `engines._native`, text in `engines.gguf_model`, drawing tokens from a
-row in `engines.sampling`, which rows teacher forcing decodes in `engines.rows`.
+row in `engines.sampling` (or inside llama.cpp's graph: `engines.device_sampling`),
+which rows teacher forcing decodes in `engines.rows`.
 
 The context has a unified KV cache, so a fork (`seq_cp`) shares its prefix's
 cells instead of copying them, and one batch row may carry several sequence
@@ -34,6 +35,7 @@ codes are checked. llama.cpp never sees an input that would abort the process.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -43,6 +45,7 @@ from typing import cast
 import numpy as np
 
 from engines import _native as N
+from engines import device_sampling as D
 from engines.base import (
     Cancelled,
     ContextFullError,
@@ -128,7 +131,11 @@ class LlamaModel(GGUFModel):
         flash_attn: str | bool = "auto",
         share_histories: bool = True,
         hidden_states: bool = False,
+        sampling: str | None = None,
     ) -> None:
+        """`sampling` says where step tokens are drawn: "device" in llama.cpp's
+        graph, "host" in numpy, "auto" (the default, or SPECS_LOCAL_SAMPLING) on
+        the device when the layers are offloaded to a GPU."""
         super().__init__(
             path,
             name=name,
@@ -145,6 +152,8 @@ class LlamaModel(GGUFModel):
         # never asks for them: llama.cpp would make every prompt row an output.
         self.hidden_states = hidden_states
         self.sampler: Sampler = HostSampler(self.n_vocab)
+        mode = sampling or os.environ.get("SPECS_LOCAL_SAMPLING") or "auto"
+        self.device_sampling = D.use_device(mode, gpu_layers=self.gpu_layers, name=self.name)
         self._scratch = np.empty(self.n_vocab, np.float32)  # for the log-normalisers of scored rows
         self._free_ids = list(range(n_seq_max - 1, -1, -1))
         self._live: set[LlamaSeq] = set()
@@ -397,16 +406,20 @@ class LlamaModel(GGUFModel):
                         group_rows.append(row)
                         group_hidden.append(seq._hidden)
             live = list(groups.values())
-            rows = group_rows
+            rows: Sequence[np.ndarray | D.Drawn] = group_rows
             hidden = group_hidden
             last_progress = time.monotonic()
-            while live:
-                if should_stop is not None and should_stop():
-                    raise Cancelled()
-                live, rows, hidden = self._advance(live, rows, hidden, params, delimiter, usage, should_stop)
-                if progress is not None and time.monotonic() - last_progress >= _PROGRESS_INTERVAL_S:
-                    progress([[bytes(c.text).decode("utf-8", "ignore") for c in members] for members in per_input])
-                    last_progress = time.monotonic()
+            chains = self._device_chains([c for members in live for c in members], max(map(len, live)), params)
+            with chains or nullcontext():
+                while live:
+                    if should_stop is not None and should_stop():
+                        raise Cancelled()
+                    live, rows, hidden = self._advance(
+                        live, rows, hidden, params, delimiter, usage, should_stop, chains
+                    )
+                    if progress is not None and time.monotonic() - last_progress >= _PROGRESS_INTERVAL_S:
+                        progress([[bytes(c.text).decode("utf-8", "ignore") for c in members] for members in per_input])
+                        last_progress = time.monotonic()
         except BaseException:
             for members in per_input:
                 for c in members:
@@ -427,23 +440,49 @@ class LlamaModel(GGUFModel):
             for members in per_input
         ]
 
+    def _device_chains(
+        self, candidates: list[_Candidate], largest_row: int, params: SampleParams
+    ) -> D.DeviceChains | None:
+        """Sampler chains on the candidates' sequences when this model samples in
+        llama.cpp's graph. The first token comes from the parents' kept rows on
+        the host, so a one-token step needs none."""
+        if not self.device_sampling or params.max_tokens == 1:
+            return None
+        try:
+            return D.DeviceChains(
+                self._native.ctx,
+                [c.seq._id for c in candidates],
+                temperature=params.temperature,
+                top_p=params.top_p,
+                limit=self.sampler.limit,
+                draws=largest_row,
+            )
+        except D.BackendSamplingUnsupported as e:
+            D.log.warning("%s samples on the host: %s", self.name, e)
+            self.device_sampling = False
+            return None
+
     def _advance(
         self,
         live: list[list[_Candidate]],
-        rows: list[np.ndarray],
+        rows: Sequence[np.ndarray | D.Drawn],
         hidden: list[np.ndarray | None],
         params: SampleParams,
         delimiter: bytes | None,
         usage: ModelUsage,
         should_stop: StopFn | None,
-    ) -> tuple[list[list[_Candidate]], list[np.ndarray], list[np.ndarray | None]]:
+        chains: D.DeviceChains | None,
+    ) -> tuple[list[list[_Candidate]], list[np.ndarray] | list[D.Drawn], list[np.ndarray | None]]:
         """Sample one token for every live candidate (group g draws from rows[g],
-        whose hidden state is hidden[g] when kept), then decode one row per group
-        of candidates that continue."""
+        or takes what the device drew there; the row's hidden state is hidden[g]
+        when kept), then decode one row per group of candidates that continue."""
         next_groups: list[list[_Candidate]] = []
         step = Rows()
         for group, row, state in zip(live, rows, hidden):
-            picks, logprobs = self.sampler.pick(row, [c.stream for c in group], params)
+            if isinstance(row, D.Drawn):
+                picks, logprobs = row
+            else:
+                picks, logprobs = self.sampler.pick(row, [c.stream for c in group], params)
             buckets: dict[int, list[_Candidate]] = {}
             for c, token, logprob in zip(group, picks, logprobs):
                 buckets.setdefault(token, []).append(c)
@@ -462,8 +501,24 @@ class LlamaModel(GGUFModel):
             usage.generated += len(group)
         if not next_groups:
             return next_groups, [], []
-        decoded: list[np.ndarray] = []
         states: list[np.ndarray] = []
+        next_rows: list[np.ndarray] | list[D.Drawn]
+        if chains is None:
+            next_rows = self._decode_rows(step, states, usage, should_stop)
+        else:
+            next_rows = self._decode_drawing(step, next_groups, chains, states, params, usage, should_stop)
+        for members in next_groups:
+            for c in members:
+                c.seq._n_cached += 1
+        next_hidden: list[np.ndarray | None] = list(np.concatenate(states)) if states else [None] * len(next_rows)
+        return next_groups, next_rows, next_hidden
+
+    def _decode_rows(
+        self, step: Rows, states: list[np.ndarray], usage: ModelUsage, should_stop: StopFn | None
+    ) -> list[np.ndarray]:
+        """Decode the step's rows: their next-token logits (hidden states, when
+        this model keeps them, go to `states`)."""
+        decoded: list[np.ndarray] = []
 
         def keep(out: N.Decoded) -> None:
             # One decode leaves its rows in llama.cpp's buffer until the next
@@ -477,12 +532,37 @@ class LlamaModel(GGUFModel):
         self._native.decode_rows(
             step, usage, prefill=False, consume=keep, should_stop=should_stop, hidden=self.hidden_states
         )
-        for members in next_groups:
-            for c in members:
-                c.seq._n_cached += 1
-        next_rows = list(decoded[0] if len(decoded) == 1 else np.concatenate(decoded))
-        next_hidden: list[np.ndarray | None] = list(np.concatenate(states)) if states else [None] * len(next_rows)
-        return next_groups, next_rows, next_hidden
+        return list(decoded[0] if len(decoded) == 1 else np.concatenate(decoded))
+
+    def _decode_drawing(
+        self,
+        step: Rows,
+        groups: list[list[_Candidate]],
+        chains: D.DeviceChains,
+        states: list[np.ndarray],
+        params: SampleParams,
+        usage: ModelUsage,
+        should_stop: StopFn | None,
+    ) -> list[D.Drawn]:
+        """Decode the step's rows with their sampler chains drawing each group's
+        next tokens, one uniform of each candidate's stream per token as the
+        host would draw it; nothing vocabulary-wide comes back (hidden states,
+        when this model keeps them, go to `states`)."""
+        for members in groups:
+            draws = [c.stream.random() for c in members] if params.temperature > 0 else []
+            chains.request([c.seq._id for c in members], draws)
+        drawn: list[D.Drawn] = []
+
+        def take(out: N.Decoded) -> None:
+            for row in out.rows.tolist():
+                drawn.append(chains.take(row - out.start, step.seq_ids[row]))
+            if out.hidden is not None:
+                states.append(out.hidden.copy())
+
+        self._native.decode_rows(
+            step, usage, prefill=False, consume=take, should_stop=should_stop, hidden=self.hidden_states
+        )
+        return drawn
 
     def _stop_reason(self, c: _Candidate, token: int, delimiter: bytes | None) -> StopReason | None:
         if self.is_eog(token):

@@ -6,7 +6,9 @@ Measures, in one process on one model:
 - batched step sampling (temperature 0.3, distinct prompts, so no histories
   merge) against a plain loop (prefill once, copy to B sequences, one
   llama_decode per token, argmax) at batch 1, 4 and 8, interleaved and
-  repeated because the machine is shared;
+  repeated because the machine is shared; with `--sampling both` (the
+  default), drawing tokens on the host (numpy) and in llama.cpp's graph side
+  by side;
 - teacher-forced scoring throughput (4 candidates after a shared prefix);
 - decoded rows against distinct (history, token) rows over a scripted 10-step
   search (a draft samples 4 candidates, a target scores them, the best is
@@ -15,7 +17,8 @@ Measures, in one process on one model:
   same seeds with sharing on and off, which must give the same drafts);
 - resident memory against the model file plus its KV cache.
 
-The last line of output is one JSON object with these numbers.
+`--quick` stops after the teacher-forcing measurement. The last line of
+output is one JSON object with these numbers.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import llama_cpp as L
 import numpy as np
 
 from engines.base import SYSTEM_PROMPT, SampleParams, Seq, StopReason
+from engines.device_sampling import unavailable_reason
 from engines.llama import LlamaModel, LlamaSeq
 
 QUESTIONS = [
@@ -101,35 +105,61 @@ def plain_loop(model: LlamaModel, prompt: list[int], batch: int, n_tokens: int) 
     return batch * n_tokens / elapsed
 
 
-def engine_sampling(model: LlamaModel, prompts: list[LlamaSeq], n_tokens: int, seed: int) -> float:
+def engine_sampling(model: LlamaModel, prompts: list[LlamaSeq], n_tokens: int, seed: int) -> tuple[float, float]:
+    """Tokens/s, and this process's CPU milliseconds per token (steady on a
+    machine shared with other work, where wall time is not)."""
     params = SampleParams(temperature=0.3, max_tokens=n_tokens, seed=seed, delimiter=None)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     drafts = model.sample(prompts, 1, params)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     generated = sum(len(d.tokens) for ds in drafts for d in ds)
     for ds in drafts:
         for d in ds:
             model.release(d.seq)
-    return generated / elapsed
+    return generated / elapsed, cpu * 1000 / generated
 
 
-def bench_batches(model: LlamaModel, n_tokens: int, rounds: int) -> dict[str, dict[str, float]]:
+def bench_batches(model: LlamaModel, n_tokens: int, rounds: int, paths: list[str]) -> dict[str, dict[str, float]]:
+    """Engine against the plain loop per batch size; with several sampling paths
+    ("host": numpy, "device": llama.cpp's graph), each path's rate and ratio
+    too. `engine_tok_s` is the rate of the path the model chose by itself."""
     prompts = [model.start(model.format_chat(SYSTEM_PROMPT, q)) for q in QUESTIONS]
     plain_prompt = list(prompts[0].tokens)
-    engine_sampling(model, prompts[:8], 4, seed=0)  # warm-up: first decodes allocate buffers
+    chosen = "device" if model.device_sampling else "host"
+    for path in paths:  # warm-up: first decodes allocate buffers
+        model.device_sampling = path == "device"
+        engine_sampling(model, prompts[:8], 4, seed=0)
     plain_loop(model, plain_prompt, 8, 4)
     results = {}
     for batch in (1, 4, 8):
-        engine, plain = [], []
+        engine: dict[str, list[float]] = {path: [] for path in paths}
+        cpu: dict[str, list[float]] = {path: [] for path in paths}
+        plain = []
         for r in range(rounds):  # interleaved: the machine's load drifts
-            engine.append(engine_sampling(model, prompts[:batch], n_tokens, seed=r))
+            for path in paths:
+                model.device_sampling = path == "device"
+                rate, cost = engine_sampling(model, prompts[:batch], n_tokens, seed=r)
+                engine[path].append(rate)
+                cpu[path].append(cost)
             plain.append(plain_loop(model, plain_prompt, batch, n_tokens))
-        e, p = statistics.median(engine), statistics.median(plain)
-        results[str(batch)] = {"engine_tok_s": round(e, 2), "plain_tok_s": round(p, 2), "ratio": round(e / p, 3)}
-        say(
-            f"batch {batch}: engine {e:.1f} tok/s, plain loop {p:.1f} tok/s, ratio {e / p:.3f}  "
-            f"(runs: {[round(x, 1) for x in engine]} vs {[round(x, 1) for x in plain]})"
+        p = statistics.median(plain)
+        rates = {path: statistics.median(runs) for path, runs in engine.items()}
+        cpu_ms = {path: statistics.median(runs) for path, runs in cpu.items()}
+        e = rates.get(chosen, rates[paths[0]])
+        row = {"engine_tok_s": round(e, 2), "plain_tok_s": round(p, 2), "ratio": round(e / p, 3)}
+        for path, rate in rates.items():
+            row[f"{path}_tok_s"], row[f"{path}_ratio"] = round(rate, 2), round(rate / p, 3)
+            row[f"{path}_cpu_ms_per_token"] = round(cpu_ms[path], 2)
+        results[str(batch)] = row
+        side = ", ".join(
+            f"{path} {rate:.1f} tok/s ({rate / p:.3f}x, {cpu_ms[path]:.1f} CPU ms/token)"
+            for path, rate in rates.items()
         )
+        runs = "; ".join(f"{path} {[round(x, 1) for x in xs]}" for path, xs in engine.items())
+        say(
+            f"batch {batch}: plain loop {p:.1f} tok/s; engine sampling on the {side}  (runs: {runs}; plain {[round(x, 1) for x in plain]})"
+        )
+    model.device_sampling = chosen == "device"
     for seq in prompts:
         model.release(seq)
     return results
@@ -243,36 +273,43 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, help="llama.cpp threads (default: up to 8 available cores)")
     parser.add_argument("--tokens", type=int, default=32, help="tokens per sampling run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions per batch size")
+    parser.add_argument(
+        "--sampling",
+        choices=("auto", "host", "device", "both"),
+        default="both",
+        help="where the engine draws step tokens: the model's own choice, numpy, llama.cpp's graph, or both side by side",
+    )
+    parser.add_argument("--quick", action="store_true", help="only the batch and teacher-forcing measurements")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
     global _quiet
     _quiet = args.json
 
-    model = LlamaModel(args.model, n_threads=args.threads, n_seq_max=32)
-    say(f"{model.name}: n_ctx {model.n_ctx}, {model.n_threads} threads, gpu layers {model.gpu_layers}")
-    batches = bench_batches(model, args.tokens, args.rounds)
-    score_rate = bench_score(model)
+    sampling = {"both": None, "auto": None}.get(args.sampling, args.sampling)
+    model = LlamaModel(args.model, n_threads=args.threads, n_seq_max=32, sampling=sampling)
+    chosen = "device" if model.device_sampling else "host"
+    paths = {"both": ["host", "device"], "auto": [chosen]}.get(args.sampling, [args.sampling])
+    unavailable = unavailable_reason()
+    if unavailable is not None and "device" in paths:
+        say(f"no sampling in llama.cpp's graph here: {unavailable}")
+        paths = [path for path in paths if path != "device"] or ["host"]
+    say(
+        f"{model.name}: n_ctx {model.n_ctx}, {model.n_threads} threads, gpu layers {model.gpu_layers}, "
+        f"samples on the {chosen} by itself"
+    )
+    result: dict[str, object] = {"sampling": chosen, "batch": bench_batches(model, args.tokens, args.rounds, paths)}
+    result["score_tok_s"] = round(bench_score(model), 2)
     rss = rss_mb()
     budget = (args.model.stat().st_size + model.kv_cache_bytes) / 2**20 + RSS_MARGIN_MB
     say(f"resident memory {rss:.0f} MB, budget {budget:.0f} MB (file + KV cache + {RSS_MARGIN_MB} MB)")
-    target = LlamaModel(args.model, name="target", n_threads=args.threads, n_seq_max=32)
-    decoded, distinct = bench_search(model, target)
-    target.close()
-    merge = {str(t): round(bench_merge(model, t), 3) for t in (0.2, 0.8)}
+    result |= {"rss_mb": round(rss, 1), "rss_budget_mb": round(budget, 1)}
+    if not args.quick:
+        target = LlamaModel(args.model, name="target", n_threads=args.threads, n_seq_max=32, sampling=sampling)
+        result["decoded_rows"], result["distinct_rows"] = bench_search(model, target)
+        target.close()
+        result["merge_speedup"] = {str(t): round(bench_merge(model, t), 3) for t in (0.2, 0.8)}
     model.close()
-    print(
-        json.dumps(
-            {
-                "batch": batches,
-                "score_tok_s": round(score_rate, 2),
-                "decoded_rows": decoded,
-                "distinct_rows": distinct,
-                "merge_speedup": merge,
-                "rss_mb": round(rss, 1),
-                "rss_budget_mb": round(budget, 1),
-            }
-        )
-    )
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -94,3 +94,20 @@ def test_head_of_another_width(head_preset: Path, tiny_qwen: Path, capsys) -> No
     _head(TINY_EMBD * 2, _sha(tiny_qwen)).save(head_preset)
     code, err = _error(capsys)
     assert code == 2 and f"hidden size {TINY_EMBD * 2}" in err and "Traceback" not in err
+
+
+def test_the_judge_is_one_flag_away(head_preset: Path, capsys) -> None:
+    code = main(["solve", "What is 1 + 1?", "--preset", "tiny-head", "--method", "beam", "--reward", "judge", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    # The yes/no judge reads text: its model time and tokens are its own.
+    assert json.loads(out)["stats"]["models"]["reward"]["prefilled"] > 0
+
+
+def test_a_value_head_needs_a_head_file(tmp_path: Path, tiny_qwen: Path, monkeypatch, capsys) -> None:
+    from test_cli_solve import write_catalog
+
+    monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(write_catalog(tmp_path / "m.toml", tiny_qwen, tiny_qwen)))
+    code = main(["solve", "What is 1 + 1?", "--preset", "tiny", "--reward", "value-head"])
+    err = capsys.readouterr().err
+    assert code == 2 and "needs a head file" in err and "Traceback" not in err

@@ -13,6 +13,13 @@ from engines.llama import LlamaModel
 from engines.vocab import check_shared_vocab
 
 
+@pytest.fixture(autouse=True, params=["host", "device"])
+def sampling_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both paths: numpy on the host, and llama.cpp's graph."""
+    monkeypatch.setenv("SPECS_LOCAL_SAMPLING", request.param)
+    return request.param
+
+
 @pytest.fixture
 def qwen(tiny_qwen: Path, open_model) -> LlamaModel:
     return open_model(tiny_qwen, n_seq_max=40)

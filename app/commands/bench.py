@@ -18,8 +18,10 @@ from app.commands.common import (
     check_output_dir,
     open_preset,
     preset_option,
+    reward_option,
     runtime_options,
     search_options,
+    with_reward,
     yes_option,
 )
 from app.commands.solve import StopOnInterrupt
@@ -95,6 +97,7 @@ def bench_config(
         "dataset": {"name": dataset.name, "source": dataset.source},
         "preset": preset.name,
         "models": preset.preset.roles(),
+        "reward": preset.preset.reward.model_dump(exclude_none=True),
         "settings": settings.model_dump(),
         "runtime": {"threads": runtime.threads, "n_gpu_layers": runtime.gpu_layers},
         "selection": selection,
@@ -206,12 +209,14 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
 @click.option("--report-only", is_flag=True, help="Only rebuild the report of --out from its results.")
 @click.option("--retry-errors", is_flag=True, help="Run again the runs that failed last time.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@reward_option
 @yes_option()
 @runtime_options
 def command(
     dataset: str | None,
     methods: str,
     preset: str | None,
+    reward: str | None,
     out: Path,
     limit: int | None,
     offset: int,
@@ -246,7 +251,7 @@ def command(
     if trace_dir is not None:
         check_output_dir(trace_dir, "--trace-dir")
     arms = parse_methods(methods)
-    chosen = resolve_preset(load_catalog(), preset)
+    chosen = with_reward(resolve_preset(load_catalog(), preset), reward)
     settings = build_settings(chosen.preset.search, search)
     problems = load_problems(dataset, limit=limit, offset=offset, ids=ids, shuffle=shuffle, seed=settings.seed)
     selection = {"limit": limit, "offset": offset, "ids": ids, "shuffle": shuffle}

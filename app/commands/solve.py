@@ -20,8 +20,10 @@ from app.commands.common import (
     method_option,
     open_preset,
     preset_option,
+    reward_option,
     runtime_options,
     search_options,
+    with_reward,
     yes_option,
 )
 from app.config import load_catalog
@@ -121,12 +123,14 @@ def read_question(question: str) -> str:
     "--trace", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write every event as JSON Lines."
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only the answer and the stats line.")
+@reward_option
 @yes_option()
 @runtime_options
 def command(
     question: str,
     method: str | None,
     preset: str | None,
+    reward: str | None,
     as_json: bool,
     trace: Path | None,
     quiet: bool,
@@ -150,7 +154,7 @@ def command(
     question = read_question(question)
     if trace is not None:
         trace = check_output_file(trace, "--trace")
-    chosen = resolve_preset(load_catalog(), preset)
+    chosen = with_reward(resolve_preset(load_catalog(), preset), reward)
     method = method or chosen.preset.method
     settings = build_settings(chosen.preset.search, search)
     consent = Consent(assume_yes=yes, interactive=sys.stdin.isatty() and not as_json)

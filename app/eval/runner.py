@@ -43,7 +43,7 @@ RESULTS = "results.jsonl"
 CONFIG = "config.json"
 CONFIG_VERSION = 1
 # The parts of config.json that change what a result line means.
-IDENTITY_KEYS = ("dataset", "preset", "models", "settings", "runtime")
+IDENTITY_KEYS = ("dataset", "preset", "models", "reward", "settings", "runtime")
 # The statistics a result line keeps (Stats.to_json), in its order; "acceptance" follows them.
 ROW_STATS = (
     "wall_seconds",
