@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 from app.config import Role
 from app.errors import UserError
-from app.hub import file_problem
 from app.presets import ModelInstance, ResolvedPreset
 from app.search.settings import SearchSettings
 from app.search.types import Engines
+from engines.gguf_info import has_gguf_magic
 
 if TYPE_CHECKING:
     from engines.base import RewardModel
@@ -78,17 +78,18 @@ def open_engines(
 
 
 def check_still_sound(instance: ModelInstance, preset: str) -> None:
-    """Refuse a file that was deleted or replaced by something unfit after the preset
-    found it (between `models` and `solve`, say): one sentence, before llama.cpp reads it.
-    Cheap: the magic and the header, not the sha256."""
+    """Refuse a file that was deleted or replaced by something that is not a GGUF
+    after the preset found it (between `models` and `solve`, say): one sentence
+    that names the fix. Only the first bytes are read: the loader parses the
+    header itself (a damaged one is its one-sentence ModelLoadError), and
+    parsing it twice would cost a vocabulary's worth of time on every start."""
     entry, path = instance.entry, instance.path
     assert path is not None
     fix = f"run `specs-local download {preset}` to fetch it again" if entry.repo else f"put {entry.file} back there"
     if not path.is_file():
         raise UserError(f"{path}, the file of {entry.name}, is no longer there; {fix}.")
-    problem = file_problem(path, None, name=entry.file, echo=lambda _: None)
-    if problem is not None:
-        raise UserError(f"{path}, the file of {entry.name}, {problem.text}; {fix}.")
+    if not has_gguf_magic(path):
+        raise UserError(f"{path}, the file of {entry.name}, is not a GGUF file; {fix}.")
 
 
 def _load(
