@@ -117,6 +117,42 @@ def test_ctrl_c_during_a_benchmark_keeps_the_finished_runs(tmp_path: Path, tiny_
     assert len(lines) >= 2 and all(json.loads(line)["error"] is None for line in lines)
 
 
+def test_ctrl_c_during_train_head_keeps_the_finished_rollouts(tmp_path: Path, tiny_qwen: Path) -> None:
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(
+        dump_toml(
+            {
+                "models": {
+                    "tiny-draft": {"path": str(tiny_qwen), "file": tiny_qwen.name, "context": 512},
+                    "tiny-target": {"path": str(tiny_qwen), "file": tiny_qwen.name, "context": 512},
+                },
+                "presets": {
+                    "tiny": {
+                        "draft": "tiny-draft",
+                        "target": "tiny-target",
+                        "reward": {"kind": "judge", "model": "tiny-target"},
+                        "search": {"max_steps": 4, "max_step_tokens": 12},
+                    }
+                },
+            }
+        )
+    )
+    dataset = tmp_path / "problems.jsonl"
+    dataset.write_text(
+        "".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(300))
+    )
+    out = tmp_path / "head.safetensors"
+    args = ["train-head", "--preset", "tiny", "--dataset", str(dataset), "--out", str(out), "--no-judge"]
+    process = start(args, SPECS_LOCAL_CONFIG=str(catalog), SPECS_LOCAL_THREADS="1")
+    rollouts = tmp_path / "head.safetensors.work" / "rollouts.jsonl"
+    wait_for(lambda: rollouts.is_file() and rollouts.read_text().count("\n") >= 2, process)
+    seconds, _, err = interrupt(process)
+    assert process.returncode == 130, err
+    assert seconds < STOPS_WITHIN, f"stopped after {seconds:.2f} s"
+    assert "Traceback" not in err and "rollouts are kept in" in err and "run the same command to go on" in err
+    assert rollouts.read_bytes().endswith(b"\n") and not out.exists()
+
+
 @pytest.mark.real
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="watches the load through /proc")
 def test_ctrl_c_during_a_model_load_stops_the_load(dev_model_large: Path, tmp_path: Path) -> None:
