@@ -161,7 +161,9 @@ def verify_local(entry: ModelEntry, path: Path, *, echo: Echo) -> None:
         aside = path.with_name(path.name + ".rejected")
         os.replace(path, aside)
         where = f"it was moved to {aside}"
-    raise ModelFileRejected(
-        f"{path} {problem.text}; {where} so nothing uses it: download it again, or if this file is wanted,"
-        f" update `sha256` for {entry.name} in {user_config_path()}."
+    wanted = (
+        f", or if this file is wanted, update `sha256` for {entry.name} in {user_config_path()}"
+        if problem.kind == "sha256"
+        else ""
     )
+    raise ModelFileRejected(f"{path} {problem.text}; {where} so nothing uses it: download it again{wanted}.")
