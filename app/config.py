@@ -25,7 +25,9 @@ else:  # pragma: no cover
 BUILTIN_CATALOG = Path(__file__).with_name("models.toml")
 DEFAULT_MODELS_DIR = Path.home() / ".cache" / "specs-dev-models"
 
-RewardKind = Literal["judge", "token-prm", "step-tag-prm", "value-head"]
+RewardKind = Literal["judge", "token-prm", "step-tag-prm", "value-head", "pooled-prm"]
+# Where a server entry's API key is read from unless it names another variable.
+DEFAULT_API_KEY_ENV = "SPECS_LOCAL_API_KEY"
 # Where a relative `head` path of a value-head reward is looked for after the
 # user's config folder: the heads shipped with the package.
 BUILTIN_HEADS = Path(__file__).with_name("heads")
@@ -37,11 +39,14 @@ class ConfigError(Exception):
 
 
 class ModelEntry(BaseModel):
+    """A GGUF file (`file` with `repo`, `path` or `local`) or a model on vLLM
+    servers (`url`, one or a list that shares the load, and the `served` name)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = ""
     repo: str | None = None  # Hugging Face repo id
-    file: str  # GGUF file name in the repo (or in the models directory)
+    file: str = ""  # GGUF file name in the repo (or in the models directory)
     revision: str = "main"
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     size: int | None = Field(default=None, ge=0)  # bytes, for planning before a download
@@ -49,12 +54,39 @@ class ModelEntry(BaseModel):
     local: bool = False  # lives in SPECS_LOCAL_MODELS_DIR, never downloaded
     context: int = Field(default=4096, ge=256)
     description: str = ""
+    url: str | list[str] | None = None  # a vLLM server's OpenAI base URL, e.g. "http://host:8000/v1"
+    served: str | None = None  # the name the server serves the model under (default: the entry's name)
+    api_key_env: str = DEFAULT_API_KEY_ENV  # the environment variable holding the servers' API key
 
     @model_validator(mode="after")
     def _has_a_source(self) -> ModelEntry:
+        if self.url is not None:
+            if not self.urls:
+                raise ValueError("`url` names no server; give one URL or a list of them")
+            if self.repo or self.path or self.local or self.file:
+                raise ValueError("a server entry (`url`) names no file: drop `repo`, `file`, `path` and `local`")
+            return self
+        if self.served is not None:
+            raise ValueError("`served` belongs to a server entry; add its `url`")
+        if not self.file:
+            raise ValueError("needs a `file` (with a `repo`, a `path` or `local = true`), or a server `url`")
         if not (self.repo or self.path or self.local):
             raise ValueError("needs a `repo`, a `path`, or `local = true`")
         return self
+
+    @property
+    def remote(self) -> bool:
+        """Whether the model runs on servers rather than from a file here."""
+        return self.url is not None
+
+    @property
+    def urls(self) -> list[str]:
+        urls = [self.url] if isinstance(self.url, str) else list(self.url or [])
+        return [u.strip() for u in urls if u.strip()]
+
+    @property
+    def served_name(self) -> str:
+        return self.served or self.name
 
     @property
     def local_path(self) -> Path | None:
@@ -150,6 +182,17 @@ class Catalog(BaseModel):
                 raise ValueError(
                     f"preset {preset.name!r}: a value-head reward reads the target's hidden states, "
                     f"so its model must be the target {preset.target!r}"
+                )
+            reward_entry = self.models[preset.reward.model]
+            if preset.reward.kind == "value-head" and reward_entry.remote:
+                raise ValueError(
+                    f"preset {preset.name!r}: a value-head reward reads hidden states, which a server does not return; "
+                    "run the target from a file"
+                )
+            if preset.reward.kind == "pooled-prm" and not reward_entry.remote:
+                raise ValueError(
+                    f"preset {preset.name!r}: a pooled-prm reward is a PRM served by vLLM for pooling; "
+                    f"give {preset.reward.model!r} a server `url`"
                 )
         if self.default_preset not in self.presets:
             raise ValueError(f"default_preset {self.default_preset!r} is not defined")

@@ -62,7 +62,10 @@ def offline() -> bool:
 
 
 def find_model(entry: ModelEntry) -> Path | None:
-    """The model's file if it is on this machine: path, models dir, HF cache (never the network)."""
+    """The model's file if it is on this machine: path, models dir, HF cache (never the network).
+    A server entry has none."""
+    if entry.remote:
+        return None
     if entry.local_path is not None and entry.local_path.is_file():
         return entry.local_path
     in_models_dir = models_dir() / entry.file

@@ -3,8 +3,8 @@
 `resolve_preset` asks the catalog for the preset's roles and looks for each
 model's file once (a target that is also the judge is looked for once; never
 the network). The commands, the app and `app.runtime` all start from the one
-`ResolvedPreset` it gives, so what stands behind a role (today a GGUF file on
-this machine) is decided here and read everywhere else.
+`ResolvedPreset` it gives, so what stands behind a role (a GGUF file on this
+machine, or a model on vLLM servers) is decided here and read everywhere else.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from engines.base import VocabularyMismatch
 
 @dataclass(frozen=True)
 class RoleModel:
-    """The model a role names, and its file on this machine (None while it is not here)."""
+    """The model a role names, and its file on this machine (None while it is not
+    here, and always for a model on servers)."""
 
     role: Role
     entry: ModelEntry
@@ -28,7 +29,8 @@ class RoleModel:
 
     @property
     def present(self) -> bool:
-        return self.path is not None
+        """Whether nothing needs downloading (a server entry has nothing to download)."""
+        return self.path is not None or self.entry.remote
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,11 @@ class ResolvedPreset:
     def ready(self) -> bool:
         return not self.missing
 
+    @property
+    def remote(self) -> bool:
+        """Whether every role runs on servers (nothing loads on this machine)."""
+        return all(role.entry.remote for role in self.roles.values())
+
     def with_files(self, files: Mapping[str, Path]) -> ResolvedPreset:
         """The same preset with the models that `files` names (by model name) at those paths."""
         roles = {
@@ -118,8 +125,8 @@ def check_vocabulary(preset: ResolvedPreset) -> str | None:
     """Raise VocabularyMismatch if the draft and target files cannot pair; a note if
     they could not be compared. Only for a preset whose files are here."""
     draft, target = preset.draft, preset.target
-    if draft is None:
-        return None
+    if draft is None or draft.entry.remote or target.entry.remote:
+        return None  # a pair with a model on servers is compared when it is opened
     assert draft.path is not None and target.path is not None, "compare only files that are here"
     try:
         from engines.vocab import check_vocab_files

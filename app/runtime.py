@@ -1,6 +1,8 @@
-"""Turn a resolved preset into running engines: load each GGUF once, share it
-between roles that name the same model (a judge on the target), check that
-draft and target share a vocabulary, and free everything on exit."""
+"""Turn a resolved preset into running engines: load each GGUF once (or connect
+to the servers of a served model), share it between roles that name the same
+model (a judge on the target), check that draft and target share a
+vocabulary and that served models can be teacher-forced, and free everything
+on exit. Every check runs here, before a search starts."""
 
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from app.search.types import Engines
 from engines.gguf_info import has_gguf_magic
 
 if TYPE_CHECKING:
-    from engines.base import RewardModel
+    from engines.base import LanguageModel, RewardModel
     from engines.llama import LlamaModel
+    from engines.remote.model import RemoteModel
     from engines.value_head import ValueHead, ValueHeadReward
 
 
@@ -46,35 +49,76 @@ def open_engines(
 ) -> Iterator[Engines]:
     """The preset's engines; every file of it must be here (app.commands.common.open_preset
     downloads missing ones first)."""
-    from engines.reward import build_reward
+    from engines.llama import LlamaModel
     from engines.vocab import check_shared_vocab
 
     threads = threads if threads is not None else default_threads()
     n_seq_max = sequence_capacity(settings)
 
-    def load(instance: ModelInstance, *, hidden_states: bool = False) -> LlamaModel:
+    def load(instance: ModelInstance, *, hidden_states: bool = False) -> LlamaModel | RemoteModel:
+        if instance.entry.remote:
+            return connect(instance)
         return _load(preset, instance, n_seq_max, threads, n_gpu_layers, hidden_states=hidden_states)
 
     spec = preset.preset.reward
     # A value head reads the target's hidden states: load its head before any model.
     head = load_value_head(preset) if spec.kind == "value-head" else None
     with ExitStack() as stack:
-        models: dict[Role, LlamaModel] = {}
+        models: dict[Role, LlamaModel | RemoteModel] = {}
         for instance in preset.instances():
-            model = stack.enter_context(load(instance, hidden_states=head is not None and "target" in instance.roles))
+            model = load(instance, hidden_states=head is not None and "target" in instance.roles)
+            stack.callback(model.close)
             models.update(dict.fromkeys(instance.roles, model))
             if "draft" in instance.roles:  # the target is loaded first: refuse a mismatch before the reward model
-                check_shared_vocab(model, models["target"])
+                target = models["target"]
+                if isinstance(model, LlamaModel) and isinstance(target, LlamaModel):
+                    check_shared_vocab(model, target)
+                else:
+                    from engines.remote.checks import check_shared_vocab as check_served_vocab
+
+                    check_served_vocab(model, target)
+        draft: LanguageModel | None = models.get("draft")
         if head is not None:
-            yield Engines(
-                target=models["target"],
-                reward=value_head_reward(head, preset, models["target"]),
-                draft=models.get("draft"),
-            )
+            target = models["target"]
+            assert isinstance(target, LlamaModel), "the catalog keeps value heads on local targets"
+            yield Engines(target=target, reward=value_head_reward(head, preset, target), draft=draft)
         else:
-            yield Engines(
-                target=models["target"], reward=build_reward(spec.kind, models["reward"]), draft=models.get("draft")
-            )
+            yield Engines(target=models["target"], reward=build_reward(spec.kind, models["reward"]), draft=draft)
+
+
+def connect(instance: ModelInstance) -> RemoteModel:
+    """A served model: its servers answer, serve its name and teacher-force
+    (an error names the server and the fix). The API key comes from the
+    environment variable the entry names."""
+    from engines.remote.checks import check_teacher_forcing
+    from engines.remote.client import ServerPool
+    from engines.remote.model import RemoteModel
+
+    entry = instance.entry
+    pool = ServerPool(entry.urls, api_key=os.environ.get(entry.api_key_env) or None)
+    try:
+        # The server's max_model_len rules; an entry's own `context` can only lower it.
+        context = entry.context if "context" in entry.model_fields_set else None
+        model = RemoteModel(pool, entry.served_name, name=entry.name, n_ctx=context)
+        if set(instance.roles) & {"draft", "target"}:
+            check_teacher_forcing(model)
+    except BaseException:
+        pool.close()
+        raise
+    return model
+
+
+def build_reward(kind: str, model: LlamaModel | RemoteModel) -> RewardModel:
+    """The preset's reward kind on its loaded (or served) model."""
+    from engines.remote.model import RemoteModel
+    from engines.remote.reward import PooledPRM
+    from engines.reward import build_reward as build_text_reward
+
+    if kind == "pooled-prm":
+        if not isinstance(model, RemoteModel):
+            raise UserError(f"A pooled-prm reward reads a PRM served by vLLM; give {model.name} a server `url`.")
+        return PooledPRM(model)
+    return build_text_reward(kind, model)  # type: ignore[arg-type]  # the text rewards read either model
 
 
 def check_still_sound(instance: ModelInstance, preset: str) -> None:

@@ -47,6 +47,10 @@ class VocabularyMismatch(EngineError):
     """Draft and target do not share a vocabulary."""
 
 
+class ServerError(EngineError):
+    """A model server failed or refused a call (unreachable, 5xx after retries, 4xx)."""
+
+
 class Cancelled(Exception):
     """Raised inside a model call when the caller's `should_stop` says so."""
 

@@ -33,12 +33,13 @@ from app.search.events import (
 )
 from app.search.settings import SearchSettings
 from app.search.trace import TraceWriter, read_trace
-from app.tui.app import LATENCY_TICK, REFRESH_HZ, Replay, SpecsApp
+from app.tui.app import SpecsApp
 from app.tui.beam_view import BeamView
 from app.tui.compare import ComparePanel
 from app.tui.deferrals import DeferralLog
 from app.tui.history import History
-from app.tui.latency import LatencyPanel
+from app.tui.jobs import REFRESH_HZ, Replay
+from app.tui.latency import LATENCY_TICK, LatencyPanel
 from app.tui.messages import SearchEnded, SearchEvents
 from app.tui.question import QuestionInput
 from app.tui.rewards import RewardChart
@@ -124,9 +125,9 @@ async def ask(pilot: Any, question: str = ARITHMETIC_QUESTION, key: str = "ctrl+
 
 async def solve(pilot: Any, question: str = ARITHMETIC_QUESTION, key: str = "ctrl+s") -> SearchEnded:
     await ask(pilot, question, key)
-    await wait_until(pilot, lambda: pilot.app.last_ended is not None)
+    await wait_until(pilot, lambda: pilot.app.jobs.last_ended is not None)
     await pilot.pause()
-    return pilot.app.last_ended
+    return pilot.app.jobs.last_ended
 
 
 def final_fates(events: list[Event]) -> dict[str, str]:
@@ -204,7 +205,7 @@ async def test_solve_shows_every_candidate_its_fate_and_the_answer(tmp_path: Pat
             e for e in expected if not isinstance(e, DraftProgress)
         ]
         assert sum(isinstance(m, SearchEnded) for m in messages) == 1
-        assert not app.running and app.scripted.live == 0
+        assert not app.jobs.running and app.scripted.live == 0
 
     assert History(tmp_path / "history.json").entries == [ARITHMETIC_QUESTION]
 
@@ -287,9 +288,9 @@ async def test_high_rate_events_reach_the_screen_in_at_most_20_batches_a_second(
         elapsed = time.monotonic() - started
     batches = [m for m in messages if isinstance(m, SearchEvents)]
     delivered = sum(len(m.events) for m in batches)
-    assert app.buffer.received > len(batches)
+    assert app.jobs.buffer.received > len(batches)
     assert len(batches) <= elapsed * REFRESH_HZ + 2
-    assert delivered <= app.buffer.received  # progress snapshots coalesce, nothing is invented
+    assert delivered <= app.jobs.buffer.received  # progress snapshots coalesce, nothing is invented
 
 
 # -- bad input and failures -------------------------------------------------------------------
@@ -302,7 +303,7 @@ async def test_an_empty_question_is_ignored_with_a_hint(question: str) -> None:
     async with app.run_test(size=SNAPSHOT_SIZE, message_hook=messages.append) as pilot:
         await ask(pilot, question)
         await pilot.pause()
-        assert not app.running and not app.workers
+        assert not app.jobs.running and not app.workers
         assert [n.title for n in notes(messages)] == ["Empty question"]
         assert "Type a question" in notes(messages)[0].message
         assert "empty" in str(app.query_one("#status", Static).render())
@@ -325,7 +326,7 @@ async def test_a_search_error_is_notified_and_the_next_question_works() -> None:
         assert ended.error == "RuntimeError: the model fell over"
         errors = [n for n in notes(messages) if n.severity == "error"]
         assert [n.message for n in errors] == ["RuntimeError: the model fell over"]
-        assert not app.running and not app.query_one("#solve").disabled
+        assert not app.jobs.running and not app.query_one("#solve").disabled
 
         ended = await solve(pilot)
         assert ended.error is None and ended.outcomes[0].finished.answer == "42"
@@ -347,7 +348,7 @@ async def test_a_method_the_preset_cannot_run_is_refused_with_a_hint(
     async with app.run_test(size=SNAPSHOT_SIZE, message_hook=messages.append) as pilot:
         await ask(pilot)
         await pilot.pause()
-        assert not app.running and not app.workers
+        assert not app.jobs.running and not app.workers
         assert "no-draft has no draft model" in notes(messages)[-1].message
 
         app.query_one("#method", Select).value = "beam"
@@ -373,7 +374,7 @@ async def test_missing_models_get_a_screen_naming_them_and_the_download_command(
         assert "qwen2.5-coder-0.5b-instruct (qwen2.5-coder-0.5b-instruct-q4_k_m.gguf)" in shown
         assert "qwen2.5-coder-1.5b-instruct (qwen2.5-coder-1.5b-instruct-q4_k_m.gguf)" in shown
         assert "specs-local download cpu-dev" in shown
-        assert not app.running and not app.workers
+        assert not app.jobs.running and not app.workers
 
         await pilot.press("escape")
         await pilot.pause()
@@ -398,12 +399,12 @@ async def _cancel_with(key: str) -> None:
         assert app.check_action("cancel", ()) and not app.query_one("#cancel").disabled
         assert "Cancel search" in [c.title for c in app.get_system_commands(app.screen)]
         await pilot.press(key)
-        await wait_until(pilot, lambda: app.last_ended is not None, timeout=5)
+        await wait_until(pilot, lambda: app.jobs.last_ended is not None, timeout=5)
         assert worker.state == WorkerState.CANCELLED
-        (outcome,) = app.last_ended.outcomes
+        (outcome,) = app.jobs.last_ended.outcomes
         assert outcome.finished.cancelled
         assert app.scripted.live == 0  # the search released its sequences on the way out
-        assert not app.running and app.query_one("#cancel").disabled
+        assert not app.jobs.running and app.query_one("#cancel").disabled
         assert "cancelled" in str(app.query_one("#answer-stats", Static).render())
 
 
@@ -510,8 +511,8 @@ async def test_help_opens_with_f1_and_the_palette_lists_the_actions() -> None:
         await pilot.press(*"Compare SPECS")
         await pilot.pause(0.3)
         await pilot.press("enter")
-        await wait_until(pilot, lambda: app.last_ended is not None)
-        assert [o.method for o in app.last_ended.outcomes] == ["specs", "beam"]
+        await wait_until(pilot, lambda: app.jobs.last_ended is not None)
+        assert [o.method for o in app.jobs.last_ended.outcomes] == ["specs", "beam"]
 
 
 async def test_a_small_terminal_degrades_the_layout_without_errors() -> None:
@@ -544,16 +545,16 @@ async def test_replay_plays_a_recorded_trace_in_the_same_screens(tmp_path: Path)
 
     app = SpecsApp(load_catalog(), replay=Replay(events, speed=1000.0, name=path.name), cursor_blink=False)
     async with app.run_test(size=SNAPSHOT_SIZE) as pilot:
-        await wait_until(pilot, lambda: app.last_ended is not None)
+        await wait_until(pilot, lambda: app.jobs.last_ended is not None)
         await pilot.pause()
-        assert app.last_ended.error is None
+        assert app.jobs.last_ended.error is None
         assert {cid: (r.fate, r.reward) for cid, r in app.query_one(BeamView).candidates.items()} == live_rows
         assert app.query_one("#answer-digits", Digits).value == finished.answer == "42"
         box = app.query_one("#question", QuestionInput)
         assert box.text == ARITHMETIC_QUESTION and box.read_only
         await pilot.press("ctrl+s")  # a replay has no models: solving is off
         await pilot.pause()
-        assert app.query_one("#solve").disabled and not app.running
+        assert app.query_one("#solve").disabled and not app.jobs.running
         assert app.sub_title == "run.jsonl (replay)"
 
 
@@ -563,9 +564,9 @@ async def test_replay_keeps_the_pace_of_the_timestamps() -> None:
     app = SpecsApp(load_catalog(), replay=Replay(events, speed=speed), cursor_blink=False)
     async with app.run_test(size=SNAPSHOT_SIZE) as pilot:
         # The replay starts on mount: time it from its first event.
-        await wait_until(pilot, lambda: app.buffer.received >= 1)
+        await wait_until(pilot, lambda: app.jobs.buffer.received >= 1)
         started = time.monotonic()
-        await wait_until(pilot, lambda: app.buffer.received == len(events))
+        await wait_until(pilot, lambda: app.jobs.buffer.received == len(events))
         took = time.monotonic() - started
     expected = (events[-1].t - events[0].t) / speed
     # Unpaced, it would take a few milliseconds; the slack is for noticing the
@@ -602,7 +603,7 @@ def test_snapshot_mid_search(snap_compare: Any) -> None:
 
     async def run_before(pilot: Any) -> None:
         await ask(pilot)
-        await wait_until(pilot, lambda: app.buffer.received >= stop_at)
+        await wait_until(pilot, lambda: app.jobs.buffer.received >= stop_at)
         await pilot.pause(LATENCY_TICK + 3 / REFRESH_HZ)
         app.set_focus(None)
 

@@ -8,10 +8,14 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+from textual.app import App
 
 from app.cli import main
+from app.config import Catalog, Preset, load_catalog
+from app.errors import UserError
 from app.render import is_number, one_line, speedup, stats_footer, tokens_per_second, unboxed_answer
 from app.search.events import (
     Deferred,
@@ -23,13 +27,16 @@ from app.search.events import (
     StepStarted,
     SwitchedToDraft,
 )
-from app.search.methods import REGISTRY, RSD_DELTA, TAU_ACCEPT, TAU_SWITCH
+from app.search.methods import REGISTRY, RSD_DELTA, TAU_ACCEPT, TAU_SWITCH, draftless_methods
+from app.search.settings import SearchSettings
 from app.search.trace import write_trace
 from app.tui.beam_view import CandidateRow, candidate_label
 from app.tui.deferrals import deferral_line
 from app.tui.history import MAX_ENTRIES, History
+from app.tui.jobs import Job, JobControl, ModelsMissing, Refused, ended_line
 from app.tui.latency import stacked_bar
 from app.tui.logfile import divert_logging
+from app.tui.messages import RunOutcome, SearchEnded
 from app.tui.pump import EventBuffer, play
 from app.tui.rewards import chart_thresholds, track
 
@@ -292,6 +299,73 @@ def test_play_stops_when_asked() -> None:
     assert count == 3 == len(emitted)
     with pytest.raises(ValueError):
         play(events, 0.0, lambda e: None, lambda: False)
+
+
+# -- planning and ending a job --------------------------------------------------------------------
+
+
+def job_control(catalog: Catalog, **kwargs: Any) -> JobControl:
+    options: dict[str, Any] = {
+        "engines": None,
+        "search": lambda *args, **kw: None,
+        "settings": lambda preset: preset.settings(),
+        "missing_models": lambda preset, catalog: [],
+        "clock": lambda: 0.0,
+        "log_path": None,
+    }
+    return JobControl(App(), catalog, **(options | kwargs))
+
+
+def test_a_job_that_cannot_run_is_refused_with_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user = tmp_path / "models.toml"
+    user.write_text(
+        '[presets.no-draft]\ntarget = "qwen2.5-coder-1.5b-instruct"\nmethod = "beam"\n'
+        'reward = { kind = "judge", model = "qwen2.5-coder-1.5b-instruct" }\n'
+    )
+    monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(user))
+    catalog = load_catalog()
+
+    with pytest.raises(Refused) as refused:
+        job_control(catalog).plan("q", "no-draft", ("beam", "specs"))
+    said = str(refused.value)
+    assert said == f"The preset no-draft has no draft model; choose {draftless_methods()}, or another preset."
+    assert all(name in said for name, spec in REGISTRY.items() if not spec.needs_draft)
+    assert refused.value.severity == "warning"
+
+    def bad_flag(preset: Preset) -> SearchSettings:
+        raise UserError("--n must be at least 1.")
+
+    with pytest.raises(Refused) as refused:
+        job_control(catalog, settings=bad_flag).plan("q", "cpu-dev", ("specs",))
+    assert (str(refused.value), refused.value.title, refused.value.severity) == (
+        "--n must be at least 1.",
+        "Settings",
+        "error",
+    )
+
+    missing = job_control(catalog, missing_models=lambda preset, catalog: [catalog.model(preset.target)])
+    with pytest.raises(ModelsMissing) as absent:
+        missing.plan("q", "no-draft", ("beam",))
+    assert (absent.value.preset, absent.value.names) == (
+        "no-draft",
+        ["qwen2.5-coder-1.5b-instruct (qwen2.5-coder-1.5b-instruct-q4_k_m.gguf)"],
+    )
+
+    control = job_control(catalog)
+    first, second = control.plan("q", "no-draft", ("greedy",)), control.plan("q", "cpu-dev", ("specs", "beam"))
+    assert (first.id, first.preset.name, first.methods) == (1, "no-draft", ("greedy",))
+    assert (second.id, second.methods) == (2, ("specs", "beam"))
+
+
+def test_the_status_line_says_how_a_job_ended() -> None:
+    job = Job(1, "q", Preset.model_construct(name="p"), ("specs", "beam"), SearchSettings())
+    done = RunOutcome("specs", Finished(t=1, answer="42", solution="", stats=Stats()))
+    stopped = RunOutcome("beam", Finished(t=2, answer=None, solution="", stats=Stats(), cancelled=True))
+    assert ended_line(SearchEnded(1, [done, done], None), job).startswith("Done.")
+    assert ended_line(SearchEnded(1, [done, stopped], None), job) == "Cancelled; the best answer so far is shown."
+    assert ended_line(SearchEnded(1, [done], None), job) == "Cancelled."  # the second method never began
+    assert ended_line(SearchEnded(1, [], "boom"), job) == "Search failed: boom  Fix it, or try another question."
+    assert ended_line(SearchEnded(0, [], None), None) == "Replay finished."
 
 
 # -- the replay command's refusals -----------------------------------------------------------------

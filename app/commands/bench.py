@@ -117,9 +117,16 @@ def run_arms(
     progress: bool,
     runtime: RuntimeOptions,
     consent: Consent,
+    parallel: int = 1,
 ) -> Outcome:
     """Run the arms and turn an interruption into exit 130 with how to resume."""
     check_draft(arms, preset.draft is not None, f"preset {preset.name}")
+    if parallel > 1 and not preset.remote:
+        here = ", ".join(role for role, model in preset.roles.items() if not model.entry.remote)
+        raise UserError(
+            f"--parallel runs problems at once on model servers, but preset {preset.name} runs its {here} "
+            "from files here; use --parallel 1, or serve those models with vLLM (see the README)."
+        )
 
     def engines() -> AbstractContextManager[Engines]:
         # Opened only when runs are left, so a finished benchmark never downloads or loads a model.
@@ -138,6 +145,7 @@ def run_arms(
             clock=clock,
             progress=RichProgress() if progress else None,
             retry_errors=retry_errors,
+            parallel=parallel,
         )
     if outcome.interrupted:
         raise Interrupted(
@@ -209,6 +217,16 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
 @click.option("--report-only", is_flag=True, help="Only rebuild the report of --out from its results.")
 @click.option("--retry-errors", is_flag=True, help="Run again the runs that failed last time.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    envvar="SPECS_LOCAL_PARALLEL",
+    show_envvar=True,
+    help="Problems run at once when every model of the preset is on a server (each search stays sequential), "
+    "e.g. --parallel 8.",
+)
 @reward_option
 @yes_option()
 @runtime_options
@@ -227,6 +245,7 @@ def command(
     report_only: bool,
     retry_errors: bool,
     no_progress: bool,
+    parallel: int,
     yes: bool,
     threads: int | None,
     gpu_layers: int | None,
@@ -241,6 +260,7 @@ def command(
       specs-local bench --dataset gsm8k --methods specs,beam,greedy --preset cpu-dev --limit 30 --out runs/gsm8k
       specs-local bench --dataset math500 --shuffle --seed 1 --limit 100 --out runs/math500
       specs-local bench --report-only --out runs/gsm8k --reference beam
+      specs-local bench --dataset math500 --preset paper-vllm --parallel 16 --out runs/math500-vllm
     """
     check_output_dir(out, "--out")
     if report_only:
@@ -269,5 +289,6 @@ def command(
         progress=not no_progress,
         runtime=runtime,
         consent=Consent(assume_yes=yes, interactive=sys.stdin.isatty()),
+        parallel=parallel,
     )
     print_summary(report(out, reference), out)

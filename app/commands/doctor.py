@@ -1,8 +1,10 @@
-"""`specs-local doctor`: the llama.cpp build, the hardware, and whether each preset fits."""
+"""`specs-local doctor`: the llama.cpp build, the hardware, whether each preset
+fits, and whether the servers of served models can run their roles."""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,7 +18,7 @@ from app.hub import format_size
 from app.presets import ModelInstance, ResolvedPreset, resolve_preset
 from app.runtime import sequence_capacity
 from engines import system
-from engines.base import ModelLoadError
+from engines.base import EngineError, ModelLoadError
 from engines.gguf_info import attention_shape, read_header
 
 # Without the file, the KV cache is estimated from the weights: 32 KiB of f16
@@ -54,7 +56,9 @@ class Budget:
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def command(as_json: bool) -> None:
-    """Check the llama.cpp build, the hardware, and the memory each preset needs."""
+    """Check the llama.cpp build, the hardware, the memory each preset needs, and
+    each model server (answers, serves the name, teacher-forces, draft and target
+    share a vocabulary)."""
     catalog = load_catalog()
     report = examine(catalog)
     if as_json:
@@ -97,14 +101,55 @@ def examine(catalog: Catalog) -> dict[str, Any]:
         },
         "budget": asdict(budget),
         "presets": presets,
+        "servers": examine_servers(catalog),
         "advice": _advice(build, build_error),
     }
+
+
+def examine_servers(catalog: Catalog) -> dict[str, Any]:
+    """Each server of each served model a preset uses, checked once; then the
+    vocabularies of each preset whose draft and target are both served."""
+    from engines.remote.checks import DOCTOR_POLICY, check_server, check_shared_vocab
+    from engines.remote.client import ServerPool
+    from engines.remote.model import RemoteModel
+
+    used: dict[str, set[str]] = {}
+    for preset in catalog.presets.values():
+        for role, model in preset.roles().items():
+            if catalog.model(model).remote:
+                used.setdefault(model, set()).add(role)
+    checks = []
+    for name, roles in used.items():
+        entry = catalog.model(name)
+        key = os.environ.get(entry.api_key_env) or None
+        for url in entry.urls:
+            found = check_server(url, entry.served_name, api_key=key, teacher_forcing=bool(roles & {"draft", "target"}))
+            checks.append({"model": name, **asdict(found)})
+    healthy = {c["model"] for c in checks} - {c["model"] for c in checks if c["problem"]}
+    pairs: dict[str, str | None] = {}
+    for preset in catalog.presets.values():
+        if not preset.draft or preset.draft not in healthy or preset.target not in healthy:
+            continue
+        opened: list[RemoteModel] = []
+        try:
+            for name in (preset.draft, preset.target):
+                entry = catalog.model(name)
+                pool = ServerPool(entry.urls, api_key=os.environ.get(entry.api_key_env) or None, policy=DOCTOR_POLICY)
+                opened.append(RemoteModel(pool, entry.served_name, name=name))
+            check_shared_vocab(opened[0], opened[1])
+            pairs[preset.name] = None
+        except EngineError as exc:
+            pairs[preset.name] = str(exc)
+        finally:
+            for served in opened:
+                served.close()
+    return {"checks": checks, "vocabularies": pairs}
 
 
 def preset_needs(preset: ResolvedPreset) -> list[ModelNeed]:
     """The model instances app.runtime.open_engines creates for a preset, sized."""
     rows = sequence_capacity(preset.preset.settings())
-    return [_model_need(instance, rows) for instance in preset.instances()]
+    return [_model_need(instance, rows) for instance in preset.instances() if not instance.entry.remote]
 
 
 def _model_need(instance: ModelInstance, n_seq_max: int) -> ModelNeed:
@@ -227,5 +272,21 @@ def _print(report: dict[str, Any]) -> None:
         fits = {"yes": "[green]yes[/]", "tight": "[yellow]tight[/]", "no": "[red]no[/]"}[need["fits"]]
         table.add_row(name, *(mark + size(need[k]) for k in ("weights", "kv_cache", "logits", "total")), fits)
     Console(soft_wrap=False).print(table)
+    _print_servers(report["servers"])
     for line in report["advice"]:
         click.echo(line)
+
+
+def _print_servers(servers: dict[str, Any]) -> None:
+    if not servers["checks"]:
+        return
+    click.echo("servers (served models need no memory here)")
+    for check in servers["checks"]:
+        where = f"  {check['model']}: {check['served']} at {check['url']}"
+        if check["problem"]:
+            click.echo(where + ": " + click.style(check["problem"], fg="red"))
+        else:
+            click.echo(where + ": " + click.style(f"ok, {check['max_model_len']}-token context", fg="green"))
+    for preset, problem in servers["vocabularies"].items():
+        verdict = click.style(problem, fg="red") if problem else click.style("draft and target share it", fg="green")
+        click.echo(f"  {preset} vocabulary: {verdict}")

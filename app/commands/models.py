@@ -81,7 +81,9 @@ def _model_info(entry: ModelEntry, path: Path | None, catalog: Catalog) -> dict[
         "revision": entry.revision,
         "quantisation": quantisation(entry.file),
         "size": path.stat().st_size if path else entry.size,
-        "present": path is not None,
+        "present": path is not None or entry.remote,
+        "urls": entry.urls,
+        "served": entry.served_name if entry.remote else None,
         "path": str(path) if path else None,
         "local": entry.local,
         "context": entry.context,
@@ -114,6 +116,9 @@ def _table(catalog: Catalog, listing: dict[str, Any]) -> Table:
 def _model_cells(catalog: Catalog, info: dict[str, Any], model: str, preset: str | None) -> list[str]:
     """The model with where its file is (or how to get it), its quantisation and size (~: from the catalog)."""
     quant = info["quantisation"] or "?"
+    if info["urls"]:
+        where = ", ".join(info["urls"])
+        return [f"{escape(model)}\n[green]{escape(info['served'])} at {escape(where)}[/]", "server", ""]
     if info["present"]:
         return [f"{escape(model)}\n[green]{escape(_home(info['path']))}[/]", quant, format_size(info["size"])]
     entry = catalog.models[model]

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -249,13 +250,22 @@ def run_bench(
     progress: Progress | None = None,
     retry_errors: bool = False,
     search: SearchFn | None = None,
+    parallel: int = 1,
 ) -> Outcome:
     """Run every arm on every problem not yet done in `out_dir`.
 
     `open_engines` is entered only when there is work left. A KeyboardInterrupt
     or `should_stop` ends the run between (or, through the search, inside)
     runs; finished lines stay written and the outcome says `interrupted`.
+
+    `parallel` > 1 runs that many problems at once, each worker on engines of
+    its own (`open_engines` is entered once per worker: meant for models on
+    servers, where that costs a connection, not a load). A run's search stays
+    sequential and its latency is its own; a run's line does not depend on
+    which worker ran it, only the order of the lines does.
     """
+    if parallel < 1:
+        raise ValueError(f"parallel must be at least 1, not {parallel}")
     if search is None:
         from app.search import run
 
@@ -275,28 +285,84 @@ def run_bench(
         trace_dir.mkdir(parents=True, exist_ok=True)
     if progress is not None:
         progress.start(outcome.total, outcome.already)
-    try:
-        with open_engines() as engines, _appender(out_dir / RESULTS) as write:
-            check_draft(arms, engines.draft is not None)
-            for problem, arm in todo:
-                if should_stop is not None and should_stop():
-                    outcome.interrupted = True
-                    break
-                row = _run_one(problem, arm, settings, engines, search, clock, should_stop, trace_dir)
+    queue = iter(todo)
+    lock = threading.Lock()
+    halt = threading.Event()  # a worker was cancelled or failed, or Ctrl-C: the others stop too
+
+    def stopped() -> bool:
+        return halt.is_set() or (should_stop is not None and should_stop())
+
+    def work(engines: Engines, write: Callable[[dict[str, Any]], None]) -> None:
+        check_draft(arms, engines.draft is not None)
+        while True:
+            if stopped():
+                outcome.interrupted = True
+                return
+            with lock:
+                item = next(queue, None)
+            if item is None:
+                return
+            problem, arm = item
+            row = _run_one(problem, arm, settings, engines, search, clock, stopped, trace_dir)
+            with lock:
                 if row is None:  # the search was cancelled mid-run: nothing to keep
                     outcome.interrupted = True
-                    break
+                    halt.set()
+                    return
                 write(row)
                 outcome.ran += 1
                 outcome.errors += bool(row["error"])
                 if progress is not None:
                     progress.advance(row)
+
+    try:
+        if parallel == 1:
+            with open_engines() as engines, _appender(out_dir / RESULTS) as write:
+                work(engines, write)
+        else:
+            with _appender(out_dir / RESULTS) as write:
+                _run_workers(parallel, open_engines, work, write, halt)
     except KeyboardInterrupt:
         outcome.interrupted = True
     finally:
         if progress is not None:
             progress.stop()
     return outcome
+
+
+def _run_workers(
+    parallel: int,
+    open_engines: EnginesFactory,
+    work: Callable[[Engines, Callable[[dict[str, Any]], None]], None],
+    write: Callable[[dict[str, Any]], None],
+    halt: threading.Event,
+) -> None:
+    """`parallel` threads, each working on engines of its own. The first failure
+    stops the others and is raised; Ctrl-C stops them and is raised too."""
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with open_engines() as engines:
+                work(engines, write)
+        except BaseException as exc:
+            failures.append(exc)
+            halt.set()
+
+    threads = [threading.Thread(target=worker, name=f"bench-{i}", daemon=True) for i in range(parallel)]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.1)
+    except KeyboardInterrupt:
+        halt.set()
+        for thread in threads:
+            thread.join()
+        raise
+    if failures:
+        raise failures[0]
 
 
 def _rotated(arms: Sequence[Arm], index: int) -> list[Arm]:

@@ -15,7 +15,7 @@ from app.search.events import Event, Finished
 from app.search.methods import draftless_methods, method_spec
 from app.search.settings import SearchSettings
 from app.search.types import Engines
-from engines.base import Cancelled, ContextFullError, StopFn
+from engines.base import Cancelled, ContextFullError, ServerError, StopFn
 
 
 def run(
@@ -33,8 +33,9 @@ def run(
     Raises ValueError for an empty question, an unknown method or a method
     that needs a draft model when there is none, and the engine's
     ContextFullError when the prompt does not fit a model's context. A
-    context that fills up later ends the search with the best solution so
-    far and the error in `Finished.error`.
+    context that fills up later, or a model server that fails mid-search,
+    ends the search with the best solution so far and the error in
+    `Finished.error`.
     """
     spec = method_spec(method)
     if not question.strip():
@@ -52,7 +53,7 @@ def run(
             spec.search(ctx)
         except Cancelled:
             return ctx.finish(vote=vote, cancelled=True)
-        except ContextFullError as exc:
+        except (ContextFullError, ServerError) as exc:
             if ctx.started:
                 return ctx.finish(vote=vote, error=str(exc))
             raise

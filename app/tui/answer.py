@@ -47,11 +47,13 @@ class AnswerPanel(Vertical):
             headline = unboxed_answer(finished.solution) + (" (cancelled)" if finished.cancelled else "")
         else:
             headline = finished.answer
-        numeric = finished.answer is not None and not finished.error and is_number(finished.answer)
-        digits.display = numeric
-        text.display = not numeric
-        if numeric:
-            digits.update(finished.answer.strip())
+        # A number is drawn large; anything else (or a failure) as a line of text.
+        answer = finished.answer
+        number = answer.strip() if answer is not None and not finished.error and is_number(answer) else None
+        digits.display = number is not None
+        text.display = number is None
+        if number is not None:
+            digits.update(number)
         else:
             text.update(Text(headline))
         footer = stats_footer(finished.stats)

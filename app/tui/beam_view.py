@@ -124,7 +124,7 @@ def step_label(row: StepRow) -> Text:
 class BeamView(Tree[str]):
     """Steps under the question, each step's candidates under it.
 
-    Node data is the candidate id (or "" for a step node), so the app can
+    Node data is the candidate id (or "" for a step node), so the pane can
     show a candidate's whole text when the cursor is on it.
     """
 
@@ -144,59 +144,63 @@ class BeamView(Tree[str]):
         self._new_step = False
         self._result_check = 0.0
 
-    # The app feeds every event; the view keeps what a reader of the beam needs.
-    def apply(self, event: Event) -> None:
+    # The pane feeds every event; the view keeps what a reader of the beam needs.
+    def apply(self, event: Event) -> bool:
+        """Take the next event; True when the tree changed (drawn by `flush`)."""
         if isinstance(event, SearchStarted):
             self._reset(event.question)
             check = event.settings.get("result_check", 0.0)
             self._result_check = float(check) if isinstance(check, (int, float)) else 0.0
         elif isinstance(event, StepStarted):
-            row = self._step(event.step)
-            row.origins.append(event.origin)
-            row.parents = event.parents
-            self._step_nodes[event.step].set_label(step_label(row))
+            step = self._step(event.step)
+            step.origins.append(event.origin)
+            step.parents = event.parents
+            self._step_nodes[event.step].set_label(step_label(step))
         elif isinstance(event, DraftProgress):
             for cid, text in zip(event.ids, event.texts):
-                cand = self._candidate(cid, event.step, event.origin)
-                if cand.drafting:
-                    cand.text = text
+                streamed = self._candidate(cid, event.step, event.origin)
+                if streamed.drafting:
+                    streamed.text = text
                     self._dirty.add(cid)
         elif isinstance(event, CandidatesDrafted):
             for c in event.candidates:
-                cand = self._candidate(c.id, event.step, event.origin)
-                cand.parent, cand.text, cand.n_tokens, cand.drafting = c.parent, c.text, c.n_tokens, False
+                drafted = self._candidate(c.id, event.step, event.origin)
+                drafted.parent, drafted.text, drafted.n_tokens, drafted.drafting = c.parent, c.text, c.n_tokens, False
                 self._dirty.add(c.id)
             self._drop_unfinished(event.step, event.origin)
         elif isinstance(event, CandidatesScored):
             for s in event.scores:
-                cand = self.candidates.get(s.id)
-                if cand is not None:
-                    cand.reward, cand.score = s.reward, s.merit
-                    cand.target_logprob, cand.draft_logprob = s.target_logprob, s.draft_logprob
+                scored = self.candidates.get(s.id)
+                if scored is not None:
+                    scored.reward, scored.score = s.reward, s.merit
+                    scored.target_logprob, scored.draft_logprob = s.target_logprob, s.draft_logprob
                     if s.result_prob is not None and s.result_prob < self._result_check:
-                        cand.doubted_result = s.result_prob
+                        scored.doubted_result = s.result_prob
                     self._dirty.add(s.id)
         elif isinstance(event, CandidateFates):
             for cid, fate in event.fates.items():
                 self._set_fate(cid, fate)
         elif isinstance(event, StepAccepted):
             self._set_fate(event.id, "accepted")
-            cand = self.candidates.get(event.id)
-            if cand is not None:
-                cand.on_path = True
-            row = self._step(event.step)
-            row.accepted = event.id
-            self._step_nodes[event.step].set_label(step_label(row))
+            accepted = self.candidates.get(event.id)
+            if accepted is not None:
+                accepted.on_path = True
+            step = self._step(event.step)
+            step.accepted = event.id
+            self._step_nodes[event.step].set_label(step_label(step))
         elif isinstance(event, BeamPruned):
             for cid in event.pruned:
                 self._set_fate(cid, "pruned")
         elif isinstance(event, CandidateCompleted):
             self._set_fate(event.id, "completed")
-            cand = self.candidates.get(event.id)
-            if cand is not None:
-                cand.answer = event.answer
+            completed = self.candidates.get(event.id)
+            if completed is not None:
+                completed.answer = event.answer
         elif isinstance(event, Finished):
             self._mark_path(event)
+        else:
+            return False
+        return True
 
     def flush(self) -> None:
         """Relabel the candidates that changed since the last flush."""

@@ -10,7 +10,8 @@ from textual.widgets import Static
 from app.render import ROLES, acceptance, speedup, tokens_per_second, used_roles
 from app.tui.messages import RunOutcome
 
-LABELS = {"specs": "SPECS", "beam": "beam search (target)"}
+# What a compare runs, in this order, under these column heads.
+COMPARED = {"specs": "SPECS", "beam": "beam search (target)"}
 
 
 def compare_line(outcomes: list[RunOutcome]) -> str:
@@ -19,7 +20,7 @@ def compare_line(outcomes: list[RunOutcome]) -> str:
         return ""
     first, second = outcomes[0], outcomes[1]
     a, b = first.finished.stats.wall_seconds, second.finished.stats.wall_seconds
-    name_a, name_b = LABELS.get(first.method, first.method), LABELS.get(second.method, second.method)
+    name_a, name_b = COMPARED.get(first.method, first.method), COMPARED.get(second.method, second.method)
     return f"{name_a} {speedup(a, b)} than {name_b} ({a:.1f} s vs {b:.1f} s)"
 
 
@@ -49,7 +50,7 @@ class ComparePanel(Static):
         table = Table(expand=True, show_edge=False, pad_edge=False, box=None)
         table.add_column("", style="dim", no_wrap=True)
         for method in [o.method for o in self.outcomes] + self.pending:
-            table.add_column(LABELS.get(method, method), ratio=1, no_wrap=True, header_style="bold")
+            table.add_column(COMPARED.get(method, method), ratio=1, no_wrap=True, header_style="bold")
         rows: dict[str, list[Text | str]] = {
             "answer": [],
             "latency": [],

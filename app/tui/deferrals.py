@@ -29,12 +29,29 @@ class DeferralLog(RichLog):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, max_lines=500, min_width=20, wrap=True, markup=False, auto_scroll=True)
         self.entries: list[str] = []
+        self._cleared = False  # a new run began since the last flush
+        self._unwritten: list[Text] = []
 
-    def apply(self, event: Event) -> None:
+    def on_mount(self) -> None:
+        self.border_title = "Deferrals and switches"
+
+    def apply(self, event: Event) -> bool:
         if isinstance(event, SearchStarted):
-            self.clear()
             self.entries.clear()
+            self._unwritten.clear()
+            self._cleared = True
         elif isinstance(event, (Deferred, SwitchedToDraft)):
             line = deferral_line(event)
             self.entries.append(line.plain)
+            self._unwritten.append(line)
+        else:
+            return False
+        return True
+
+    def flush(self) -> None:
+        if self._cleared:
+            self.clear()
+            self._cleared = False
+        for line in self._unwritten:
             self.write(line)
+        self._unwritten.clear()

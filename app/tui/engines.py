@@ -36,7 +36,8 @@ class EngineCache:
     @contextmanager
     def use(self, preset: Preset, catalog: Catalog, settings: SearchSettings) -> Iterator[Engines]:
         with self._lock:
-            if not self.is_open(preset, settings):
+            engines = self._engines if self.is_open(preset, settings) else None
+            if engines is None:
                 self._close_locked()
                 stack = ExitStack()
                 try:
@@ -45,7 +46,7 @@ class EngineCache:
                     stack.close()
                     raise
                 self._stack, self._key, self._engines = stack, _key(preset, settings), engines
-            yield self._engines
+            yield engines
 
     def close(self) -> None:
         with self._lock:

@@ -8,7 +8,10 @@ per-model times from `Stats` replace the estimate.
 
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
+from textual.timer import Timer
 from textual.widget import Widget
 
 from app.render import acceptance, tokens_per_second, used_roles
@@ -16,6 +19,7 @@ from app.search.events import (
     CandidatesDrafted,
     CandidatesScored,
     Deferred,
+    DraftProgress,
     Event,
     Finished,
     SearchStarted,
@@ -33,6 +37,8 @@ SLICE_STYLE = {
     "in flight": "grey50",
 }
 OUTSIDE_MODELS = ("other", "in flight")
+# While text streams, the elapsed time ticks this often, not at every batch.
+LATENCY_TICK = 0.5
 
 
 def stacked_bar(width: int, slices: dict[str, float]) -> Text:
@@ -58,6 +64,12 @@ class LatencyPanel(Widget):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._reset()
+        self._decided = False  # an event other than streamed text since the last paint
+        self._painted = 0.0
+        self._catch_up: Timer | None = None
+
+    def on_mount(self) -> None:
+        self.border_title = "Latency"
 
     def _reset(self) -> None:
         self.started_at: float | None = None
@@ -69,14 +81,16 @@ class LatencyPanel(Widget):
         self.stats: Stats | None = None
         self.uses_draft = True
 
-    def apply(self, event: Event) -> None:
+    def apply(self, event: Event) -> bool:
+        """Take the next event; always True, since every event moves the elapsed time."""
+        self._decided = self._decided or not isinstance(event, DraftProgress)
         if isinstance(event, SearchStarted):
             self._reset()
             self.started_at = event.t
             # Acceptance means something where steps pass between draft and target.
             spec = REGISTRY.get(event.method)
             self.uses_draft = spec is not None and spec.hands_over
-            return
+            return True
         if self.started_at is not None:
             self.elapsed = max(self.elapsed, event.t - self.started_at)
         if isinstance(event, CandidatesDrafted):
@@ -92,6 +106,23 @@ class LatencyPanel(Widget):
             self.stats = event.stats
             self.elapsed = event.stats.wall_seconds
             self.uses_draft = "draft" in used_roles(event.stats)
+        return True
+
+    def flush(self) -> None:
+        """A decision shows at once; the time streamed text takes, every LATENCY_TICK."""
+        wait = self._painted + LATENCY_TICK - time.monotonic()
+        if self._decided or wait <= 0:
+            self._paint()
+        elif self._catch_up is None:
+            self._catch_up = self.set_timer(wait, self._paint)
+
+    def _paint(self) -> None:
+        if self._catch_up is not None:
+            self._catch_up.stop()
+            self._catch_up = None
+        self._decided = False
+        self._painted = time.monotonic()
+        self.refresh()
 
     def slices(self) -> dict[str, float]:
         if self.stats is not None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
 from textual.widget import Widget
 
 from app.search.events import (
@@ -171,3 +173,29 @@ class RewardChart(Widget):
             lines.append(Text(f"┊ {t.tilted_name} {t.tilted:.2f} (tilted score)", style="yellow"))
         lines.append(Text("● chosen  ━ candidates min–max", style="dim"))
         return Text("\n").join(lines)
+
+
+class RewardsPane(VerticalScroll):
+    """The chart in a scroll box that keeps the newest step in view."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.chart = RewardChart(id="rewards")
+        self._rows = 0  # the chart's steps at the last flush
+
+    def compose(self) -> ComposeResult:
+        yield self.chart
+
+    def on_mount(self) -> None:
+        self.border_title = "Rewards"
+
+    def apply(self, event: Event) -> bool:
+        return self.chart.apply(event)
+
+    def flush(self) -> None:
+        # A new layout only when the chart grew a row; otherwise a repaint.
+        grew = len(self.chart.steps) != self._rows
+        self._rows = len(self.chart.steps)
+        self.chart.refresh(layout=grew)
+        if grew:
+            self.call_after_refresh(self.scroll_end, animate=False)
