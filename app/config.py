@@ -230,6 +230,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix or remove it.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 or remove it.") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests arrays or tables too deeply to read; fix or remove it.") from None
     except OSError as exc:
         raise ConfigError(f"Cannot read {path} ({exc.strerror}).") from None
 
@@ -254,10 +258,9 @@ def load_catalog(user_file: Path | None = None) -> Catalog:
         return Catalog.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(
-            f"Invalid model catalog ({user_file} over the built-in one): {where}: {first['msg']}."
-        ) from None
+        where = ".".join(repr(p) if isinstance(p, str) and not p.isprintable() else str(p) for p in first["loc"])
+        message = " ".join(first["msg"].split())  # one line, whatever a validator said
+        raise ConfigError(f"Invalid model catalog ({user_file} over the built-in one): {where}: {message}.") from None
 
 
 def write_user_overrides(update: dict[str, Any], user_file: Path | None = None) -> Path:

@@ -16,14 +16,17 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 
 from app.config import ModelEntry, models_dir, user_config_path
 from app.errors import UserError
-from engines.gguf_info import has_gguf_magic
+from engines.base import ModelLoadError
+from engines.gguf_info import has_gguf_magic, read_header
 
 FETCH_SCRIPT = "scripts/fetch-dev-models.sh"
 _HASH_BLOCK = 8 * 2**20
@@ -122,16 +125,29 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def file_problem(path: Path, expected_sha256: str | None, *, name: str, echo: Echo) -> str | None:
-    """What is wrong with a model file, if anything: not a GGUF, or not the expected sha256."""
+@dataclass(frozen=True)
+class FileProblem:
+    """Why a model file is not fit for use; `text` follows the file's name in a sentence."""
+
+    kind: Literal["not-gguf", "sha256", "header"]
+    text: str
+
+
+def file_problem(path: Path, expected_sha256: str | None, *, name: str, echo: Echo) -> FileProblem | None:
+    """What is wrong with a model file, if anything: not a GGUF, not the expected sha256,
+    or a header that does not parse (which no sha256 catches when the file was made
+    that way). Every check runs each time it is asked: a verdict is never assumed."""
     if not has_gguf_magic(path):
-        return "is not a GGUF file"
-    if expected_sha256 is None:
-        return None
-    echo(f"verifying sha256 of {name} ({format_size(path.stat().st_size)})")
-    actual = sha256_of(path)
-    if actual != expected_sha256:
-        return f"has sha256 {actual[:12]}… where {expected_sha256[:12]}… was expected"
+        return FileProblem("not-gguf", "is not a GGUF file")
+    if expected_sha256 is not None:
+        echo(f"verifying sha256 of {name} ({format_size(path.stat().st_size)})")
+        actual = sha256_of(path)
+        if actual != expected_sha256:
+            return FileProblem("sha256", f"has sha256 {actual[:12]}… where {expected_sha256[:12]}… was expected")
+    try:
+        read_header(path)
+    except ModelLoadError:
+        return FileProblem("header", "has a damaged GGUF header")
     return None
 
 
@@ -148,7 +164,9 @@ def verify_local(entry: ModelEntry, path: Path, *, echo: Echo) -> None:
         aside = path.with_name(path.name + ".rejected")
         os.replace(path, aside)
         where = f"it was moved to {aside}"
-    raise ModelFileRejected(
-        f"{path} {problem}; {where} so nothing uses it: download it again, or if this file is wanted,"
-        f" update `sha256` for {entry.name} in {user_config_path()}."
+    wanted = (
+        f", or if this file is wanted, update `sha256` for {entry.name} in {user_config_path()}"
+        if problem.kind == "sha256"
+        else ""
     )
+    raise ModelFileRejected(f"{path} {problem.text}; {where} so nothing uses it: download it again{wanted}.")

@@ -18,6 +18,7 @@ from app.errors import UserError
 from app.presets import ModelInstance, ResolvedPreset
 from app.search.settings import SearchSettings
 from app.search.types import Engines
+from engines.gguf_info import has_gguf_magic
 
 if TYPE_CHECKING:
     from engines.base import LanguageModel, RewardModel
@@ -120,6 +121,21 @@ def build_reward(kind: str, model: LlamaModel | RemoteModel) -> RewardModel:
     return build_text_reward(kind, model)  # type: ignore[arg-type]  # the text rewards read either model
 
 
+def check_still_sound(instance: ModelInstance, preset: str) -> None:
+    """Refuse a file that was deleted or replaced by something that is not a GGUF
+    after the preset found it (between `models` and `solve`, say): one sentence
+    that names the fix. Only the first bytes are read: the loader parses the
+    header itself (a damaged one is its one-sentence ModelLoadError), and
+    parsing it twice would cost a vocabulary's worth of time on every start."""
+    entry, path = instance.entry, instance.path
+    assert path is not None
+    fix = f"run `specs-local download {preset}` to fetch it again" if entry.repo else f"put {entry.file} back there"
+    if not path.is_file():
+        raise UserError(f"{path}, the file of {entry.name}, is no longer there; {fix}.")
+    if not has_gguf_magic(path):
+        raise UserError(f"{path}, the file of {entry.name}, is not a GGUF file; {fix}.")
+
+
 def _load(
     preset: ResolvedPreset,
     instance: ModelInstance,
@@ -135,6 +151,7 @@ def _load(
         raise UserError(
             f"The file of {instance.entry.name} is not on this machine; run `specs-local download {preset.name}`."
         )
+    check_still_sound(instance, preset.name)
     return LlamaModel(
         instance.path,
         name=instance.entry.name,

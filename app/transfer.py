@@ -15,6 +15,7 @@ import; this module reads it on every call and passes it explicitly.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import re
@@ -41,8 +42,16 @@ from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
 from app.config import ModelEntry, user_config_path
 from app.errors import UserError
-from app.hub import Echo, ModelFileRejected, file_problem, format_size, hub_cache_dir, offline, where_to_put
-from engines.gguf_info import has_gguf_magic
+from app.hub import (
+    Echo,
+    FileProblem,
+    ModelFileRejected,
+    file_problem,
+    format_size,
+    hub_cache_dir,
+    offline,
+    where_to_put,
+)
 
 if TYPE_CHECKING:
     from huggingface_hub.utils.tqdm import tqdm
@@ -254,14 +263,15 @@ def fetch(
     final = destination.present(remote)
     if final is not None and (problem := file_problem(final, expected, name=remote.file, echo=echo)):
         final.unlink()
-        echo(f"The {remote.file} already here {problem}; downloading it again.")
+        echo(f"The {remote.file} already here {problem.text}; downloading it again.")
         final = None
     if final is None:
         final = _transfer(remote, destination, tqdm_class, echo)
         if problem := file_problem(final, expected, name=remote.file, echo=echo):
-            fix = "run the same command again" if has_gguf_magic(final) else "download a .gguf file of the repo"
             final.unlink()
-            raise ModelFileRejected(f"The downloaded {remote.file} {problem}, so it was deleted; {fix}.")
+            raise ModelFileRejected(
+                f"The downloaded {remote.file} {problem.text}, so it was deleted; {_refetch_fix(remote, problem, expected)}."
+            )
     if destination.local_dir is not None:
         return final
     try:
@@ -272,6 +282,16 @@ def fetch(
     except _HUB_ERRORS as exc:
         raise describe_hub_error(exc, remote.repo, remote.file, remote.revision) from None
     return Path(linked)
+
+
+def _refetch_fix(remote: RemoteFile, problem: FileProblem, expected_sha256: str | None) -> str:
+    """What to do about a file that arrived unfit: fetching it again helps only when
+    the bytes changed on the way."""
+    if problem.kind == "not-gguf":
+        return "download a .gguf file of the repo"
+    if problem.kind == "header" and expected_sha256 is not None:  # the bytes are the Hub's own
+        return f"{remote.repo} serves it damaged, so choose another of its GGUF files with --file"
+    return "run the same command again"
 
 
 def _transfer(remote: RemoteFile, destination: Destination, tqdm_class: type[tqdm] | None, echo: Echo) -> Path:
@@ -312,12 +332,21 @@ def _transfer(remote: RemoteFile, destination: Destination, tqdm_class: type[tqd
             if remote.size is not None and got > remote.size:
                 partial.unlink()
             reason = getattr(exc, "strerror", None) or type(exc).__name__
+            first = f"free some space in {partial.parent}, then " if _disk_full(exc) else ""
             raise DownloadError(
                 f"The download of {remote.file} stopped at {format_size(got)} of {format_size(remote.size)}"
-                f" ({reason}); run the same command again to resume it."
+                f" ({reason}); {first}run the same command again to resume it."
             ) from None
         os.replace(partial, final)
     return final
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    while exc is not None:  # a failed flush on close may stand in front of the write that failed
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__context__
+    return False
 
 
 def _size(path: Path) -> int:

@@ -17,7 +17,9 @@ import ctypes
 import logging
 import mmap
 import os
+import signal
 import struct
+import threading
 import time
 import weakref
 from collections import deque
@@ -139,14 +141,45 @@ def check_gguf_file(path: Path) -> None:
 # --- loading ------------------------------------------------------------------
 
 
+class _StopOnInterrupt:
+    """A load that Ctrl-C can stop: llama.cpp calls the progress callback between
+    tensors, Python runs a signal handler only when Python code runs, so during
+    the load SIGINT sets a flag and the callback answers "stop" (a 7B model read
+    from a cold disk takes minutes; without this Ctrl-C waits for all of it)."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self.callback = L.llama_progress_callback(lambda progress, user_data: not self.interrupted)
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._interrupt)
+        return self
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def load_model(path: Path, *, n_gpu_layers: int, vocab_only: bool) -> L.llama_model_p:
-    """llama_model_load_from_file behind the Python checks; ModelLoadError on failure."""
+    """llama_model_load_from_file behind the Python checks; ModelLoadError on failure,
+    KeyboardInterrupt when Ctrl-C stopped it."""
     check_gguf_file(path)
     params = L.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
     params.vocab_only = vocab_only
     clear_errors()
-    model = L.llama_model_load_from_file(os.fsencode(path), params)
+    with _StopOnInterrupt() as stop:
+        params.progress_callback = stop.callback
+        model = L.llama_model_load_from_file(os.fsencode(path), params)
+    if stop.interrupted:
+        if model:
+            L.llama_model_free(model)
+        raise KeyboardInterrupt
     if not model:
         raise ModelLoadError(f"cannot load {path}: llama.cpp says: {first_error()}.")
     return model

@@ -97,7 +97,7 @@ def read_header(path: Path) -> GGUFHeader:
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             return _HeaderParser(buf).parse()
-    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+    except (struct.error, ValueError, UnicodeDecodeError, OverflowError) as exc:  # Overflow: a length past 2**63
         raise ModelLoadError(f"{path} has a damaged GGUF header ({exc}); delete it and download it again.") from None
 
 

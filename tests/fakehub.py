@@ -13,7 +13,8 @@ It speaks the part of the Hub's HTTP that downloads use, the way the Hub does:
 Faults are switched on per test: `cut_next(n)` makes the next content
 response stop after n bytes and drop the connection; `corrupt(repo, file)`
 serves changed bytes under the true sha256; `ignore_ranges` answers Range
-requests with the whole file (as some CDNs do). Every request is logged.
+requests with the whole file (as some CDNs do); `seconds_per_piece` sends
+content in 64 KiB pieces that far apart (a slow line). Every request is logged.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 _TREE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/?]+)")
 _RANGE = re.compile(r"^bytes=(\d+)-$")
+_PIECE = 64 * 1024
 
 
 @dataclass
@@ -53,6 +56,7 @@ class LoggedRequest:
     method: str
     path: str
     range: str | None
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -60,6 +64,7 @@ class FakeHub:
     repos: dict[str, FakeRepo] = field(default_factory=dict)
     requests: list[LoggedRequest] = field(default_factory=list)
     ignore_ranges: bool = False
+    seconds_per_piece: float = 0.0
     _cuts: list[int] = field(default_factory=list)
     _corrupt: set[str] = field(default_factory=set)  # sha256 of files served damaged
     _blobs: dict[str, bytes] = field(default_factory=dict)
@@ -213,7 +218,16 @@ class _Handler(BaseHTTPRequestHandler):
         if self.fake._cuts:
             part = part[: self.fake._cuts.pop(0)]
             self.close_connection = True
-        self.wfile.write(part)
+        if not self.fake.seconds_per_piece:
+            self.wfile.write(part)
+            return
+        try:
+            for start in range(0, len(part), _PIECE):
+                self.wfile.write(part[start : start + _PIECE])
+                self.wfile.flush()
+                time.sleep(self.fake.seconds_per_piece)
+        except (BrokenPipeError, ConnectionResetError):  # the client stopped (a Ctrl-C test)
+            self.close_connection = True
 
     def _error(self, status: int, code: str, message: str, commit: str | None = None) -> None:
         self.send_response(status)

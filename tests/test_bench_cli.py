@@ -263,3 +263,81 @@ def test_a_preset_without_a_draft_refuses_specs_before_loading(
     )
     assert "specs needs a draft model and preset solo has none" in capsys.readouterr().err
     assert scripted_models == []
+
+
+def test_a_full_disk_keeps_the_finished_runs_whole_and_the_rerun_resumes(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from faults import FullDisk
+
+    from app.eval import runner
+
+    args = ["--dataset", str(dataset), "--methods", "greedy", "--preset", "cpu-dev"]
+    assert bench(*args, "--out", str(tmp_path / "clean")) == 0
+    clean = (tmp_path / "clean" / "results.jsonl").read_bytes()
+    first_line = clean.index(b"\n") + 1
+    disk = FullDisk(free=first_line + 40)  # the first result fits, the second only in part
+    out = tmp_path / "o"
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "open", disk.open, raising=False)
+        assert bench(*args, "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: Cannot write {out / 'results.jsonl'} (No space left on device); the runs finished before are"
+        " kept whole in it: free some space and run the same command again to resume."
+    ]
+    assert "Traceback" not in err and disk.refused == 1
+    kept = (out / "results.jsonl").read_bytes()
+    assert kept.count(b"\n") == 1 and kept.endswith(b"\n")  # the torn second line was cut off
+    assert json.loads(kept)["id"] == "p0"
+    assert json.loads((out / "config.json").read_text())["preset"] == "cpu-dev"
+
+    assert bench(*args, "--out", str(out)) == 0
+    rows = results(out)
+    assert [r["id"] for r in rows] == ["p0", "p2", "p3"]  # p0 kept, the rest run once each
+    assert rows[0] == json.loads(kept)
+
+
+def test_a_report_the_disk_refuses_names_the_command_that_writes_it_again(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.eval import report as report_module
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_module, "plot", refuse)
+    out = tmp_path / "o"
+    assert bench("--dataset", str(dataset), "--methods", "greedy", "--preset", "cpu-dev", "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"error: Cannot write the report in {out} (No space left on device); the results stay in"
+        f" {out / 'results.jsonl'}: free some space and run `specs-local bench --report-only --out {out}`."
+    ) in err.splitlines()
+    assert len(results(out)) == 3
+
+
+def test_a_trace_the_disk_cuts_short_is_written_again_with_its_run(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from faults import FullDisk
+
+    from app.search import trace as trace_module
+
+    out, traces = tmp_path / "o", tmp_path / "traces"
+    args = ["--dataset", str(dataset), "--methods", "greedy", "--preset", "cpu-dev", "--out", str(out)]
+    with monkeypatch.context() as patch:
+        patch.setattr(trace_module, "open", FullDisk(free=3000).open, raising=False)
+        assert bench(*args, "--trace-dir", str(traces)) == 2
+    err = capsys.readouterr().err
+    [error] = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert error.startswith(f"error: Cannot write the trace {traces}/") and "(No space left on device)" in error
+    assert error.endswith("each whole; free some space and run the same command again to resume.")
+    assert not (out / "results.jsonl").is_file() or len(results(out)) < 3  # the run whose trace was cut is not kept
+    assert bench(*args, "--trace-dir", str(traces)) == 0
+    assert {r["id"] for r in results(out)} == {"p0", "p2", "p3"} and len(results(out)) == 3
+    for path in traces.glob("*.jsonl"):
+        assert path.read_bytes().endswith(b"\n")
+        assert '"Finished"' in path.read_text().splitlines()[-1]

@@ -146,6 +146,23 @@ def test_another_configuration_is_refused(tmp_path: Path) -> None:
     assert len(lines(tmp_path)) == 3  # nothing mixed in
 
 
+def test_a_config_the_disk_refuses_leaves_the_old_one_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    claim_out_dir(tmp_path, CONFIG, [Arm("specs", "specs")])
+    before = (tmp_path / "config.json").read_text()
+    real_write = Path.write_text
+
+    def half_then_full(self: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        real_write(self, text[: len(text) // 2], *args, **kwargs)  # what fits, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(UserError, match=r"config\.json \(No space left on device\); free some space"):
+        claim_out_dir(tmp_path, CONFIG, [Arm("specs", "specs"), Arm("beam", "beam")])
+    monkeypatch.undo()
+    assert (tmp_path / "config.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
 def test_keyboard_interrupt_keeps_finished_runs_and_a_rerun_resumes(tmp_path: Path) -> None:
     calls = 0
 

@@ -214,3 +214,65 @@ def test_real_small_model_as_draft_target_and_judge_answers_42(
     result = json.loads(out)
     assert result["answer"] == "42", result["solution"]
     assert result["stats"]["models"]["draft"]["generated"] > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (lambda path: path.unlink(), "is no longer there; put target.gguf back there."),
+        (lambda path: path.write_bytes(b"<html>Not found</html>"), "is not a GGUF file; put target.gguf back there."),
+        (  # the loader's own check of the header
+            lambda path: path.write_bytes(path.read_bytes()[:3000]),
+            "the file is truncated or damaged inside its header (3000 bytes); download it again.",
+        ),
+    ],
+)
+def test_a_model_file_changed_after_the_preset_found_it_is_one_sentence(
+    change, says: str, tmp_path: Path, tiny_qwen: Path, monkeypatch, capsys
+) -> None:
+    from app.commands import solve as solve_command
+    from app.presets import resolve_preset
+
+    draft, target = tmp_path / "draft.gguf", tmp_path / "target.gguf"
+    for path in (draft, target):
+        path.write_bytes(tiny_qwen.read_bytes())
+    monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(write_catalog(tmp_path / "m.toml", draft, target)))
+    code, out, _ = run_cli(["models", "--json"], capsys)
+    assert code == 0 and json.loads(out)["presets"]["tiny"]["ready"]
+
+    def resolve_then_change(*args, **kwargs):  # the file changes after it was found, before it loads
+        found = resolve_preset(*args, **kwargs)
+        change(target)
+        return found
+
+    monkeypatch.setattr(solve_command, "resolve_preset", resolve_then_change)
+    code, _out, err = run_cli(["solve", "What is 1 + 1?", "--preset", "tiny"], capsys)
+    assert code == 2, err
+    [line] = err.strip().splitlines()
+    assert line in (f"error: {target}, the file of tiny-target, {says}", f"error: cannot load {target}: {says}")
+
+
+def test_a_disk_that_fills_up_under_the_trace_keeps_its_whole_events_and_the_answer(
+    tiny_preset: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from faults import FullDisk
+
+    from app.search import trace as trace_module
+
+    whole = tmp_path / "whole.jsonl"
+    assert run_cli(["solve", "What is 1 + 1?", "--preset", "tiny", "--trace", str(whole)], capsys)[0] == 0
+    lines = whole.read_bytes().splitlines(keepends=True)
+    fits = sum(len(line) for line in lines[:3]) + 10  # three events and part of the fourth
+    trace = tmp_path / "t.jsonl"
+    with monkeypatch.context() as patch:
+        patch.setattr(trace_module, "open", FullDisk(free=fits).open, raising=False)
+        code, out, err = run_cli(["solve", "What is 1 + 1?", "--preset", "tiny", "--trace", str(trace)], capsys)
+    assert code == 2
+    assert "answer: " in out  # the search went on without its trace
+    assert err.strip().splitlines()[-1] == (
+        f"error: Cannot write the trace {trace} (No space left on device): it holds the first 3 events, each whole;"
+        " free some space and solve again for the whole trace."
+    )
+    kept = trace.read_bytes()
+    assert kept.count(b"\n") == 3 and kept.endswith(b"\n")  # the torn fourth line was cut off
+    assert [type(e) for e in read_trace(trace)] == [type(e) for e in read_trace(whole)][:3]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
+import subprocess
+import sys
 from collections import namedtuple
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +34,7 @@ DRAFT_REPO, TARGET_REPO = "test-org/tiny-draft-GGUF", "test-org/tiny-target-GGUF
 LLAMA_REPO = "test-org/tiny-llama-GGUF"
 DRAFT_FILE, TARGET_FILE, LLAMA_FILE = "tiny-draft-Q8_0.gguf", "tiny-target-Q4_K_M.gguf", "tiny-llama-F16.gguf"
 CHUNK = 64 * 1024  # the chunk size hub_env sets
+ROOT = Path(__file__).resolve().parents[1]
 
 Tiny = namedtuple("Tiny", "hub draft target llama user_file")
 
@@ -171,6 +175,30 @@ def test_a_server_that_ignores_the_range_gets_a_clean_restart(tiny: Tiny) -> Non
     assert path.read_bytes() == tiny.draft  # the kept prefix was not doubled
 
 
+def test_a_disk_that_fills_up_keeps_the_bytes_written_and_the_rerun_resumes(tiny: Tiny, capsys, monkeypatch) -> None:
+    from faults import FullDisk
+
+    disk = FullDisk(free=150_000)  # two chunks and part of a third
+    with monkeypatch.context() as patch:
+        patch.setattr(transfer, "open", disk.open, raising=False)
+        code, out, err = run(capsys, "download", "tiny-draft")
+    assert code == 2 and out == ""
+    [partial] = partials()
+    assert one_error_line(err) == (
+        f"error: The download of {DRAFT_FILE} stopped at 150 kB of {hub.format_size(len(tiny.draft))}"
+        f" (No space left on device); free some space in {partial.parent}, then run the same command again"
+        " to resume it."
+    )
+    assert partial.read_bytes() == tiny.draft[:150_000]  # a prefix, nothing torn or doubled
+    assert cached(DRAFT_REPO, DRAFT_FILE) is None
+
+    code, _, err = run(capsys, "download", "tiny-draft")
+    assert code == 0, err
+    assert tiny.hub.content_requests()[-1].range == "bytes=150000-"
+    assert cached(DRAFT_REPO, DRAFT_FILE).read_bytes() == tiny.draft
+    assert partials() == []
+
+
 def test_ctrl_c_in_the_cli_exits_130_and_the_rerun_resumes(tiny: Tiny, capsys, monkeypatch) -> None:
     calls = []
 
@@ -190,6 +218,29 @@ def test_ctrl_c_in_the_cli_exits_130_and_the_rerun_resumes(tiny: Tiny, capsys, m
     assert code == 0, err
     assert tiny.hub.content_requests()[-1].range == f"bytes={3 * CHUNK}-"
     assert cached(DRAFT_REPO, DRAFT_FILE).read_bytes() == tiny.draft
+
+
+def test_two_downloads_of_the_same_file_at_once_end_with_one_intact_file(tiny: Tiny) -> None:
+    tiny.hub.seconds_per_piece = 0.5  # seven pieces: 3.5 s for the whole file
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    command = [sys.executable, "-m", "app.cli", "download", "tiny-draft"]
+    both = [
+        subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=120) for process in both]
+    # each asks for the file's metadata (then once more to link it into the cache)
+    heads = sorted(r.at for r in tiny.hub.requests if r.server == "hub" and r.method == "HEAD")
+    [download] = tiny.hub.content_requests()
+    assert len(heads) == 4 and heads[1] < download.at + 3.0  # both asked while the file was on its way
+    path = cached(DRAFT_REPO, DRAFT_FILE)
+    for process, (out, err) in zip(both, outputs):
+        assert process.returncode == 0, err
+        assert out.strip() == f"tiny-draft: {path}"
+    assert path.read_bytes() == tiny.draft
+    # the second waited for the first's lock and found the file done (one download, not two)
+    assert partials() == []
+    assert [p.name for p in path.resolve().parent.iterdir()] == [sha(tiny.draft)]
 
 
 def test_dry_run_lists_sizes_and_what_is_cached_without_downloading(tiny: Tiny, capsys) -> None:
@@ -267,7 +318,7 @@ def test_a_cached_file_that_fails_its_pin_is_taken_out_of_use(tiny: Tiny, capsys
     blob = path.resolve()
     blob.write_bytes(tiny.draft[:-1] + b"\0")  # changed on disk after the download
     entry = load_catalog().model("tiny-draft")
-    with pytest.raises(hub.ModelFileRejected, match="cache entry was deleted"):
+    with pytest.raises(hub.ModelFileRejected, match=r"cache entry was deleted.*update `sha256` for tiny-draft"):
         hub.verify_local(entry, path, echo=lambda _: None)
     assert hub.find_model(entry) is None  # solve will not pick it up
 
@@ -289,6 +340,31 @@ def test_fetch_replaces_a_damaged_blob(tiny: Tiny) -> None:
     assert transfer.fetch(remote, echo=notes.append).read_bytes() == tiny.draft
     assert any("is not a GGUF file; downloading it again" in note for note in notes)
     assert len(tiny.hub.content_requests()) == 2
+
+
+def test_a_file_the_hub_serves_with_a_damaged_header_is_never_reported_ready(tiny: Tiny, capsys) -> None:
+    damaged = tiny.draft[:2000]  # the magic, then a header cut short; its sha256 is the Hub's own
+    tiny.hub.add_repo("test-org/damaged-GGUF", {"damaged-Q4_K_M.gguf": damaged})
+    for _ in range(2):  # asked again, the answer is the same
+        code, out, err = run(capsys, "download", "test-org/damaged-GGUF", "--file", "damaged-Q4_K_M.gguf")
+        assert code == 2 and out == ""
+        line = one_error_line(err)
+        assert "damaged-Q4_K_M.gguf has a damaged GGUF header, so it was deleted" in line
+        assert "test-org/damaged-GGUF serves it damaged, so choose another of its GGUF files with --file" in line
+        assert cached("test-org/damaged-GGUF", "damaged-Q4_K_M.gguf") is None
+    assert "damaged-q4_k_m" not in load_catalog().models  # never registered
+
+
+def test_a_cached_file_with_a_damaged_header_is_downloaded_again(tiny: Tiny, capsys) -> None:
+    assert run(capsys, "download", "tiny-llama")[0] == 0  # tiny-llama pins no sha256
+    blob = cached(LLAMA_REPO, LLAMA_FILE).resolve()
+    blob.write_bytes(tiny.llama[:3000])  # cut inside the header, as a crash of an older copy would leave it
+    code, out, err = run(capsys, "download", "tiny-llama")
+    assert code == 0, err
+    assert "has a damaged GGUF header; its cache entry was deleted" in err and "Downloading it again" in err
+    assert "update `sha256`" not in err  # a damaged header is no matter of which file is wanted
+    assert cached(LLAMA_REPO, LLAMA_FILE).read_bytes() == tiny.llama
+    assert f"tiny-llama: {cached(LLAMA_REPO, LLAMA_FILE)}" in out
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,21 @@ def test_a_search_runs_without_llama_cpp_or_textual() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["42"]
+
+
+def test_the_command_line_makes_openmp_wait_passively_unless_told_otherwise() -> None:
+    code = (
+        "import ctypes, sys\n"
+        "import app.cli\n"
+        "assert 'llama_cpp' not in sys.modules  # libgomp is not loaded yet, so it will read the value\n"
+        "libc = ctypes.CDLL(None)\n"
+        "libc.getenv.restype = ctypes.c_char_p\n"
+        "print(libc.getenv(b'OMP_WAIT_POLICY').decode())\n"
+    )
+    for given, seen in ((None, "PASSIVE"), ("active", "active")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if given:
+            env["OMP_WAIT_POLICY"] = given
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == seen

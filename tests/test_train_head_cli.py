@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.commands.common import check_output_path
+from app.commands.common import check_output_file
 from app.commands.train_head import parse_plans, parse_rows
 from app.config import BUILTIN_HEADS, Catalog, RewardSpec
 from app.errors import UserError
@@ -49,18 +49,18 @@ def test_rows() -> None:
 
 
 def test_output_path_checks(tmp_path: Path) -> None:
-    check_output_path(tmp_path / "new" / "deeper" / "head.safetensors", "--out")  # folders get made
+    check_output_file(tmp_path / "new" / "deeper" / "head.safetensors", "--out", make_folder=True)  # folders get made
     with pytest.raises(UserError, match="is a folder"):
-        check_output_path(tmp_path, "--out")
+        check_output_file(tmp_path, "--out", make_folder=True)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(UserError, match="is not a folder"):
-        check_output_path(blocker / "head.safetensors", "--out")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        check_output_file(blocker / "head.safetensors", "--out", make_folder=True)
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
-        with pytest.raises(UserError, match="not writable"):
-            check_output_path(locked / "h", "--out")
+        with pytest.raises(UserError, match="cannot be written"):
+            check_output_file(locked / "h", "--out", make_folder=True)
 
 
 def _catalog(reward: dict[str, str]) -> dict[str, object]:

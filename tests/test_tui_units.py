@@ -430,3 +430,56 @@ def test_logging_goes_to_a_file_while_the_app_runs(tmp_path: Path) -> None:
         logging.getLogger("app.tui.app").error("search failed")
     assert root.handlers == before
     assert "ERROR app.tui.app: search failed" in path.read_text()
+
+
+def _cut_trace(tmp_path: Path, cut: int | None) -> Path:
+    """A trace of two events whose last line lost its end (a crash mid-write): all but `cut`
+    bytes of it, or, with None, up to the middle of its two-byte character."""
+    trace = tmp_path / "cut.jsonl"
+    write_trace(
+        trace,
+        [
+            SearchStarted(t=0, method="specs", question="q", settings={}, models={}),
+            Finished(t=1, answer="Ü", solution="", stats=Stats()),
+        ],
+    )
+    data = trace.read_bytes()
+    end = data.index("Ü".encode()) + 1 if cut is None else len(data) - 1 - cut  # the newline goes in any case
+    trace.write_bytes(data[:end])
+    return trace
+
+
+@pytest.mark.parametrize("cut", [1, 40, None])
+def test_replay_plays_the_whole_events_of_a_trace_whose_last_line_was_cut(tmp_path: Path, cut: int | None) -> None:
+    from app.commands.replay import cut_note, load_events
+
+    trace = _cut_trace(tmp_path, cut)
+    loaded = load_events(trace)
+    assert [type(e) for e in loaded.events] == [SearchStarted] and loaded.cut_line == 2
+    assert cut_note(trace, loaded) == (
+        "line 2 of cut.jsonl was cut short (the search that wrote it stopped mid-line); the 1 whole events before it"
+        " are played"
+    )
+
+
+def test_a_trace_with_a_whole_last_line_without_its_newline_is_whole(tmp_path: Path) -> None:
+    from app.commands.replay import load_events
+
+    trace = _cut_trace(tmp_path, 0)
+    loaded = load_events(trace)
+    assert [type(e) for e in loaded.events] == [SearchStarted, Finished] and loaded.cut_line is None
+
+
+def test_a_bad_line_before_the_last_is_still_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = _cut_trace(tmp_path, 1)
+    trace.write_bytes(b'{"event": "Nonsense"}\n' + trace.read_bytes())
+    assert main(["replay", str(trace)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {trace}:1: not a specs-local event" in err and err.count("\n") == 1
+
+
+def test_a_trace_of_only_a_cut_line_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "cut.jsonl"
+    trace.write_bytes(b'{"event": "SearchStarted", "t": 0, "meth')
+    assert main(["replay", str(trace)]) == 2
+    assert "holds only a cut line" in capsys.readouterr().err

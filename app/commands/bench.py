@@ -15,6 +15,7 @@ from app.commands.common import (
     Consent,
     RuntimeOptions,
     build_settings,
+    check_output_dir,
     open_preset,
     preset_option,
     reward_option,
@@ -160,6 +161,17 @@ def run_arms(
     return outcome
 
 
+def report(out: Path, reference: str) -> dict[str, Any]:
+    """Write OUT's report; a disk that refuses it leaves the results as they are."""
+    try:
+        return write_report(out, reference)
+    except OSError as exc:
+        raise UserError(
+            f"Cannot write the report in {out} ({exc.strerror or type(exc).__name__}); the results stay in"
+            f" {out / RESULTS}: free some space and run `specs-local bench --report-only --out {out}`."
+        ) from None
+
+
 def print_summary(summary: dict[str, Any], out: Path) -> None:
     reference = summary["reference"]
     for method, m in summary["methods"].items():
@@ -250,11 +262,14 @@ def command(
       specs-local bench --report-only --out runs/gsm8k --reference beam
       specs-local bench --dataset math500 --preset paper-vllm --parallel 16 --out runs/math500-vllm
     """
+    check_output_dir(out, "--out")
     if report_only:
-        print_summary(write_report(out, reference), out)
+        print_summary(report(out, reference), out)
         return
     if dataset is None:
         raise UserError("--dataset is missing; pass a JSON Lines file or a short name such as gsm8k.")
+    if trace_dir is not None:
+        check_output_dir(trace_dir, "--trace-dir")
     arms = parse_methods(methods)
     chosen = with_reward(resolve_preset(load_catalog(), preset), reward)
     settings = build_settings(chosen.preset.search, search)
@@ -276,4 +291,4 @@ def command(
         consent=Consent(assume_yes=yes, interactive=sys.stdin.isatty()),
         parallel=parallel,
     )
-    print_summary(write_report(out, reference), out)
+    print_summary(report(out, reference), out)

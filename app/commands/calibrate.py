@@ -14,6 +14,8 @@ from app.commands.common import (
     Consent,
     RuntimeOptions,
     build_settings,
+    check_output_dir,
+    check_output_file,
     preset_option,
     runtime_options,
     search_options,
@@ -30,7 +32,6 @@ from app.eval.calibrate import (
     points_from_summary,
     table,
 )
-from app.eval.report import write_report
 from app.presets import resolve_preset
 
 GRID_FLAGS = {"beta": "--betas", "tau_accept": "--tau-accepts", "tau_switch": "--tau-switches"}
@@ -116,7 +117,9 @@ def command(
         build_settings(settings.model_dump(), arm.overrides)  # a bad grid value fails before any model loads
     limit = 20 if limit is None and not ids else limit
     problems = bench.load_problems(dataset, limit=limit, offset=offset, ids=ids, shuffle=shuffle, seed=settings.seed)
-    out = out or default_out(chosen_preset.name, dataset)
+    out = check_output_dir(out or default_out(chosen_preset.name, dataset), "--out")
+    if not dry_run:  # where the choice is saved, after a sweep that may take hours
+        check_output_file(user_config_path(), "The user catalog", make_folder=True)
     selection = {"limit": limit, "offset": offset, "ids": ids, "shuffle": shuffle}
     runtime = RuntimeOptions(threads, gpu_layers)
     config = bench.bench_config(problems, chosen_preset, settings, selection, runtime)
@@ -142,7 +145,7 @@ def command(
         consent=Consent(assume_yes=yes, interactive=sys.stdin.isatty()),
     )
 
-    summary = write_report(out, reference="beam")
+    summary = bench.report(out, reference="beam")
     baseline, points = points_from_summary(summary, arms)
     choice = choose(points, wanted, baseline)
     click.echo(table(points, baseline, choice))

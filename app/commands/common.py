@@ -1,15 +1,18 @@
-"""What the commands that run a preset share: their options, and opening a preset.
+"""What the commands that run a preset share: their options, their output paths, and opening a preset.
 
 `--preset`, `--method`, `--threads`, `--gpu-layers`, `--yes` and the search
 options are declared here once, each with its SPECS_LOCAL_* twin. A command
 resolves its preset once (`app.presets.resolve_preset`) and runs it with
 `open_preset`: its files made present (downloaded only with consent), its
-engines opened, and closed again on exit.
+engines opened, and closed again on exit. Every file or folder a command
+will write is checked first (`check_output_file`, `check_output_dir`), so a
+typo in a path costs one sentence, not a model load and a traceback.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -184,6 +187,68 @@ def build_settings(preset_search: dict[str, Any], given: dict[str, Any]) -> Sear
         raise UserError(f"Invalid {flag}: {message}.") from None
 
 
+# -- output paths -------------------------------------------------------------------
+
+
+def check_output_file(path: Path, what: str, *, make_folder: bool = False) -> Path:
+    """Refuse, before any model loads, an output file that could not be written.
+
+    `what` starts the sentence ("--trace", "The user catalog"). The path must
+    not be a folder; its folder must exist and take a new file, or with
+    `make_folder` be one that can be made. Nothing is left behind: a probe file
+    is made and removed at once.
+    """
+    path = path.expanduser()
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name inside it, e.g. {path / 'out.jsonl'}.")
+    if make_folder:
+        check_output_dir(path.parent, what, shown=path)
+    else:
+        folder = path.parent
+        if not folder.exists():
+            raise UserError(f"{what} {path}: the folder {folder} does not exist; create it or choose another path.")
+        if not folder.is_dir():
+            raise UserError(f"{what} {path}: {folder} is a file, not a folder; choose another path.")
+        _probe(folder, what, path)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{what} {path} is read-only; change its permissions or choose another path.")
+    return path
+
+
+def check_output_dir(path: Path, what: str, *, shown: Path | None = None) -> Path:
+    """Refuse, before any model loads, an output folder that could not be made or written.
+
+    A folder that does not exist yet passes when the nearest existing folder
+    above it takes new entries (whoever writes there creates it). `shown` is
+    the path the sentence names, when the folder is a file's.
+    """
+    path = path.expanduser()
+    shown = shown or path
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink():  # a link to nowhere: making the folder would fail later
+            raise UserError(f"{what} {shown}: {existing} is a broken link; remove it or choose another path.")
+        existing = existing.parent
+    if not existing.is_dir():
+        where = f"{shown} is a file" if existing == shown else f"{shown}: {existing} is a file"
+        raise UserError(f"{what} {where}, not a folder; choose another path.")
+    _probe(existing, what, shown)
+    return path
+
+
+def _probe(folder: Path, what: str, path: Path) -> None:
+    """Create and remove a file in `folder`: the one test that permissions, a read-only
+    mount and a full inode table all answer (os.access says yes to root everywhere)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UserError(
+            f"{what} {path} cannot be written ({reason} in {folder}); choose another path or fix its permissions."
+        ) from None
+
+
 # -- opening a preset ---------------------------------------------------------------
 
 
@@ -254,21 +319,3 @@ def _ask_consent(preset: ResolvedPreset, missing: Sequence[ModelEntry], consent:
         )
     if not click.confirm(f"Preset {preset.name} needs {names}{size}. Download now?", default=True, err=True):
         raise UserError(f"Nothing was downloaded; run `{command}` when you are ready.")
-
-
-def check_output_path(path: Path, option: str) -> None:
-    """Refuse, before any model loads, an output file that cannot be written:
-    one sentence naming the path and the reason."""
-    target = path.expanduser()
-    if target.is_dir():
-        raise UserError(f"{option} {path} is a folder; name a file in it, e.g. {option} {path / 'out'}.")
-    folder = target.parent
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{option} {path}: {existing} is not a folder.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {path}: the folder {existing} is not writable; choose another place.")
-    if target.exists() and not os.access(target, os.W_OK):
-        raise UserError(f"{option} {path} exists and is not writable; choose another file.")

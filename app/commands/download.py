@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from app import hub, transfer
-from app.commands.common import echo_err
-from app.config import Catalog, ModelEntry, load_catalog, write_user_overrides
+from app.commands.common import check_output_dir, check_output_file, echo_err
+from app.config import Catalog, ModelEntry, load_catalog, user_config_path, write_user_overrides
 from app.errors import UserError
 from app.presets import ResolvedPreset, check_vocabulary, resolve_preset
 from engines.gguf_info import read_header
@@ -75,12 +75,17 @@ def command(
     sha256 sums are checked, and a preset's draft and target are checked for a
     shared vocabulary.
     """
+    if local_dir is not None:
+        local_dir = check_output_dir(local_dir, "--local-dir").resolve()
     catalog = load_catalog()
     request = _request(catalog, targets, file_pattern, revision, name)
-    destination = transfer.Destination(local_dir.expanduser().resolve() if local_dir else None)
+    destination = transfer.Destination(local_dir)
     if dry_run:
         _show_plan(request, destination)
         return
+    if request.new_model or revision is not None or local_dir is not None:
+        # Where the download is recorded, checked before gigabytes are fetched.
+        check_output_file(user_config_path(), "The user catalog", make_folder=True)
 
     paths, to_download, never_downloaded = _sort_out(request.entries, destination)
     for item in transfer.download_models(to_download, destination=destination, echo=echo_err):

@@ -7,20 +7,30 @@ from pathlib import Path
 import click
 
 from app.errors import UserError
-from app.search.events import Event
-from app.search.trace import TraceError, read_trace
+from app.search.trace import TraceError, TraceFile, load_trace
 
 
-def load_events(path: Path) -> list[Event]:
+def load_events(path: Path) -> TraceFile:
+    """The trace's whole events; a last line cut short by a crash is left out (and named)."""
     try:
-        events = list(read_trace(path))
+        trace = load_trace(path)
     except TraceError as exc:
         raise UserError(f"{exc}; pass a trace written by `specs-local solve --trace`.") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, RecursionError) as exc:
         raise UserError(f"Cannot read {path} ({exc}); pass a trace written by `specs-local solve --trace`.") from None
-    if not events:
-        raise UserError(f"{path} holds no events; pass a trace written by `specs-local solve --trace`.")
-    return events
+    if not trace.events:
+        what = "only a cut line" if trace.cut_line else "no events"
+        raise UserError(f"{path} holds {what}; pass a trace written by `specs-local solve --trace`.")
+    return trace
+
+
+def cut_note(path: Path, trace: TraceFile) -> str | None:
+    if trace.cut_line is None:
+        return None
+    return (
+        f"line {trace.cut_line} of {path.name} was cut short (the search that wrote it stopped mid-line);"
+        f" the {len(trace.events)} whole events before it are played"
+    )
 
 
 @click.command("replay")
@@ -47,10 +57,13 @@ def command(trace: Path, speed: float) -> None:
     from app.tui.app import Replay, SpecsApp
     from app.tui.logfile import default_log_path, divert_logging
 
-    events = load_events(trace)
+    loaded = load_events(trace)
+    note = cut_note(trace, loaded)
+    if note:
+        click.secho(f"warning: {note}.", fg="yellow", err=True)
     app = SpecsApp(
         load_catalog(),
-        replay=Replay(events, speed=speed, name=trace.name),
+        replay=Replay(loaded.events, speed=speed, name=trace.name, note=note),
     )
     with divert_logging(default_log_path()):
         app.run()

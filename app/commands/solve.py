@@ -16,6 +16,7 @@ from app.commands.common import (
     Consent,
     RuntimeOptions,
     build_settings,
+    check_output_file,
     method_option,
     open_preset,
     preset_option,
@@ -151,6 +152,8 @@ def command(
     from app.search.trace import TraceWriter
 
     question = read_question(question)
+    if trace is not None:
+        trace = check_output_file(trace, "--trace")
     chosen = with_reward(resolve_preset(load_catalog(), preset), reward)
     method = method or chosen.preset.method
     settings = build_settings(chosen.preset.search, search)
@@ -177,8 +180,14 @@ def command(
             if writer:
                 writer.close()
 
+    # The answer is shown even when the trace could not be written; the failure follows it.
+    trace_failure = (
+        f"{writer.failure}; free some space and solve again for the whole trace." if writer and writer.failure else None
+    )
     if as_json:
         click.echo(result_json(finished, printer.steps, method, chosen.name))
+        if trace_failure:
+            raise UserError(trace_failure)
         return
     if finished.cancelled:
         click.secho("Stopped early; the best answer found so far:", fg="yellow", err=True)
@@ -187,3 +196,5 @@ def command(
     click.secho(stats_footer(finished.stats), dim=True)
     if finished.error:
         raise UserError(finished.error)
+    if trace_failure:
+        raise UserError(trace_failure)

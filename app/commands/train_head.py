@@ -12,7 +12,7 @@ import click
 from app.commands.common import (
     Consent,
     RuntimeOptions,
-    check_output_path,
+    check_output_file,
     echo_err,
     ensure_files,
     preset_option,
@@ -140,7 +140,7 @@ def command(
     from app.eval.datasets import load_dataset
     from app.presets import resolve_preset
 
-    check_output_path(out, "--out")
+    check_output_file(out, "--out", make_folder=True)
     start, end = parse_rows(rows)
     chosen = resolve_preset(load_catalog(), preset)
     settings = chosen.preset.settings()

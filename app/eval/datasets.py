@@ -157,7 +157,7 @@ def read_jsonl(path: Path, *, name: str) -> Dataset:
             continue
         try:
             rows.append((number, json.loads(line)))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested deeper than any problem is
             rows.append((number, NOT_JSON))
     dataset = rows_to_dataset(rows, name=name, source=str(path), unit="line")
     if not dataset.problems:

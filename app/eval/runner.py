@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -122,7 +123,17 @@ def claim_out_dir(out_dir: Path, config: dict[str, Any], arms: Sequence[Arm]) ->
                 "pass a new --out, or delete the directory to start over."
             )
     merged = {**config, "version": CONFIG_VERSION, "arms": {**recorded_arms, **{a.label: _arm_json(a) for a in arms}}}
-    path.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # Written aside and renamed, so that a full disk or a kill leaves the old file whole.
+    aside = path.with_name(path.name + ".new")
+    try:
+        aside.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(aside, path)
+    except OSError as exc:
+        aside.unlink(missing_ok=True)
+        raise ResultsNotWritten(
+            f"Cannot write {path} ({exc.strerror or type(exc).__name__}); free some space or fix the folder's"
+            " permissions, then run the same command again."
+        ) from None
 
 
 def _arm_json(arm: Arm) -> dict[str, Any]:
@@ -155,8 +166,14 @@ def read_results(out_dir: Path) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
+class ResultsNotWritten(UserError):
+    """The disk filled up (or refused) while results were written; what was written stays whole."""
+
+
 @contextmanager
 def _appender(path: Path) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A writer of whole lines: a line the disk takes only in part is cut off again,
+    so the file always ends after its last whole result and a rerun resumes from it."""
     # A kill mid-write can leave a line without its newline; start a fresh one.
     if path.is_file() and path.stat().st_size:
         with open(path, "rb") as tail:
@@ -164,13 +181,30 @@ def _appender(path: Path) -> Iterator[Callable[[dict[str, Any]], None]]:
             torn = tail.read(1) != b"\n"
     else:
         torn = False
-    with open(path, "a", encoding="utf-8") as f:
+    # Unbuffered: a failed write leaves nothing in a buffer to land later.
+    with open(path, "ab", buffering=0) as f:
+        whole = f.seek(0, os.SEEK_END)
+
+        def append(data: bytes) -> None:
+            nonlocal whole
+            try:
+                view = memoryview(data)
+                while view:
+                    written = f.write(view)
+                    view = view[written or 0 :]
+            except OSError as exc:
+                os.ftruncate(f.fileno(), whole)
+                raise ResultsNotWritten(
+                    f"Cannot write {path} ({exc.strerror or type(exc).__name__}); the runs finished before are kept"
+                    " whole in it: free some space and run the same command again to resume."
+                ) from None
+            whole += len(data)
+
         if torn:
-            f.write("\n")
+            append(b"\n")
 
         def write(row: dict[str, Any]) -> None:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
+            append((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
 
         yield write
 
@@ -410,6 +444,8 @@ def _trace_sink(trace_dir: Path | None, problem_id: str, label: str) -> Iterator
 
     with TraceWriter(trace_dir / trace_name(problem_id, label)) as writer:
         yield writer
+    if writer.failure:  # before the run's line is written, so that the rerun runs it (and its trace) again
+        raise ResultsNotWritten(f"{writer.failure}; free some space and run the same command again to resume.")
 
 
 def trace_name(problem_id: str, label: str) -> str:

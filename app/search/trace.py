@@ -8,14 +8,15 @@ the method from the first line).
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from .events import EVENT_TYPES, Event, Finished
 from .methods import REGISTRY, THRESHOLDS
@@ -114,18 +115,47 @@ class _Upgrade:
 
 
 class TraceWriter:
-    """An event sink that appends JSON lines to a file, flushed per event."""
+    """An event sink that writes each event as one JSON line, at once.
+
+    A line the disk takes only in part (a full disk) is cut off again, and
+    writing stops there: the file keeps every event before it, each whole,
+    and `failure` says what happened (the start of a sentence: the caller
+    knows the fix). The search itself goes on; the caller reports the failure
+    when it ends.
+    """
 
     def __init__(self, path: Path | str) -> None:
-        # Open for the writer's lifetime; `close` ends it.
-        self._file: IO[str] = open(path, "w", encoding="utf-8")  # noqa: SIM115
+        self.path = Path(path)
+        # Unbuffered and open for the writer's lifetime (`close` ends it): a failed
+        # write leaves nothing in a buffer to land later.
+        self._file: IO[bytes] | None = open(self.path, "wb", buffering=0)  # noqa: SIM115
+        self.written = 0  # whole events in the file
+        self._whole = 0  # its length after the last whole event
+        self.failure: str | None = None
 
     def __call__(self, event: Event) -> None:
-        self._file.write(event_to_json(event) + "\n")
-        self._file.flush()
+        if self._file is None:
+            return
+        data = (event_to_json(event) + "\n").encode("utf-8")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._file.write(view) or 0 :]
+        except OSError as exc:
+            os.ftruncate(self._file.fileno(), self._whole)
+            self.close()
+            self.failure = (
+                f"Cannot write the trace {self.path} ({exc.strerror or type(exc).__name__}): it holds the first"
+                f" {self.written} events, each whole"
+            )
+            return
+        self._whole += len(data)
+        self.written += 1
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __enter__(self) -> TraceWriter:
         return self
@@ -135,19 +165,65 @@ class TraceWriter:
 
 
 def read_trace(path: Path | str) -> Iterator[Event]:
-    """The events of a trace, from this version or an earlier one."""
+    """The events of a trace, from this version or an earlier one; any line that is
+    not an event is a TraceError."""
     upgrade = _Upgrade()
-    with open(path, encoding="utf-8") as f:
+    for number, line in _numbered_lines(path):
+        try:
+            yield _parse_line(line, upgrade)
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            raise TraceError(f"{path}:{number}: not a specs-local event ({_reason(exc)})") from None
+
+
+@dataclass(frozen=True)
+class TraceFile:
+    """The whole events of a trace file, and the number of its last line if a crash cut it short."""
+
+    events: list[Event]
+    cut_line: int | None = None
+
+
+def load_trace(path: Path | str) -> TraceFile:
+    """Like `read_trace`, except that a last line without its newline that is not an
+    event was cut short by a crash mid-write: it is left out and named, not refused."""
+    lines = list(_numbered_lines(path))
+    cut = lines[-1][0] if lines and not lines[-1][1].endswith(b"\n") else None
+    events: list[Event] = []
+    upgrade = _Upgrade()
+    for number, line in lines:
+        try:
+            events.append(_parse_line(line, upgrade))
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
+            if number == cut:
+                return TraceFile(events, cut_line=number)
+            raise TraceError(f"{path}:{number}: not a specs-local event ({_reason(exc)})") from None
+    return TraceFile(events)
+
+
+def _reason(exc: Exception) -> str:
+    """Why a line is not an event, on one line (pydantic explains over several)."""
+    text = str(exc)
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        text = f"{first['msg']} at {where}" if where else first["msg"]
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _numbered_lines(path: Path | str) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines of a trace with their numbers, each with its newline if it has one
+    (bytes: a line cut inside a character is still a line, and fails as one)."""
+    with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-                if not isinstance(data, dict):
-                    raise ValueError("a JSON object per line is expected")
-                yield _event(upgrade(data))
-            except (ValueError, TypeError, KeyError) as exc:
-                raise TraceError(f"{path}:{number}: not a specs-local event ({exc})") from None
+            if line.strip():
+                yield number, line
+
+
+def _parse_line(line: bytes, upgrade: _Upgrade) -> Event:
+    data = json.loads(line.decode("utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("a JSON object per line is expected")
+    return _event(upgrade(data))
 
 
 def write_trace(path: Path | str, events: Iterable[Event]) -> None:

@@ -64,6 +64,7 @@ class Replay:
     events: list[Event]
     speed: float = 1.0
     name: str = "trace"
+    note: str | None = None  # what the status line adds, e.g. that the trace's last line was cut
 
 
 class Refused(Exception):
@@ -247,7 +248,8 @@ class JobControl:
         worker = get_current_worker()
         error: str | None = None
         try:
-            self._app.post_message(StatusChanged(f"Replaying {replay.name} at {replay.speed:g}x…"))
+            note = f" ({replay.note})" if replay.note else ""
+            self._app.post_message(StatusChanged(f"Replaying {replay.name} at {replay.speed:g}x…{note}"))
             play(replay.events, replay.speed, self.buffer.emit, lambda: worker.is_cancelled)
         except Exception as exc:
             log.exception("replay failed")
