@@ -238,11 +238,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"Cannot read {path} ({exc.strerror}).") from None
 
 
+# Tables an override replaces whole: a reward's kind, model and head only make
+# sense together (a judge given over a value head must not keep its head).
+WHOLE_TABLES = frozenset({"reward"})
+
+
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Tables merge key by key; any other value in `override` replaces."""
+    """Tables merge key by key (but those in WHOLE_TABLES); any other value in
+    `override` replaces."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in WHOLE_TABLES:
             out[key] = merge(out[key], value)
         else:
             out[key] = value

@@ -92,3 +92,11 @@ def test_plans_can_skip_problems() -> None:
     assert plan.every == 3 and [i for i in range(7) if plan.applies(i)] == [0, 3, 6]
     with pytest.raises(UserError, match="every 1 or more"):
         parse_plans("target@0.8*2/0", 0.3, has_draft=False)
+
+
+def test_an_override_replaces_a_reward_whole() -> None:
+    from app.config import merge
+
+    base = {"presets": {"p": {"target": "t", "reward": {"kind": "value-head", "model": "t", "head": "h"}}}}
+    merged = merge(base, {"presets": {"p": {"reward": {"kind": "judge", "model": "t"}}}})
+    assert merged["presets"]["p"] == {"target": "t", "reward": {"kind": "judge", "model": "t"}}
