@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+# As app.cli sets it for the app, before any test module loads llama_cpp (whose
+# OpenMP reads it once): spinning workers make real-model tests crawl on a busy machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # fakehub holds fixtures and assertions shared by the hub tests.
 pytest.register_assert_rewrite("fakehub")
 pytest_plugins = ["fakehub"]
