@@ -182,6 +182,45 @@ def bench_score(model: LlamaModel, n_candidates: int = 4, length: int = 64) -> f
     return rate
 
 
+def bench_hidden(model: LlamaModel, n_tokens: int, rounds: int) -> dict[str, float]:
+    """What asking for hidden states (a value head's input) costs: sampling 4
+    rows and teacher-forcing 4 x 64 tokens with and without them, interleaved,
+    as CPU time per token (steady on a shared machine) and wall time."""
+    prompts = [model.start(model.format_chat(SYSTEM_PROMPT, q)) for q in QUESTIONS[:4]]
+    beam = prompts[1]
+    pool = model.tokenize(" ".join(QUESTIONS))
+    rng = np.random.default_rng(0)
+    candidates = [[int(t) for t in rng.choice(pool, 64)] for _ in range(4)]
+    before = model.hidden_states
+    cost: dict[str, list[float]] = {"sample_off": [], "sample_on": [], "score_off": [], "score_on": []}
+    for r in range(rounds + 1):  # the first round warms buffers up and is not counted
+        for on in (False, True):
+            model.hidden_states = on
+            _, sample_ms = engine_sampling(model, prompts, n_tokens, seed=r)
+            c0 = time.process_time()
+            scored = model.score([(beam, c) for c in candidates])
+            score_ms = (time.process_time() - c0) * 1000 / (4 * 64)
+            for s in scored:
+                model.release(s.seq)
+            if r:
+                cost[f"sample_{'on' if on else 'off'}"].append(sample_ms)
+                cost[f"score_{'on' if on else 'off'}"].append(score_ms)
+    model.hidden_states = before
+    for seq in prompts:
+        model.release(seq)
+    med = {k: statistics.median(v) for k, v in cost.items()}
+    out = {
+        "sampling_ratio": round(med["sample_on"] / med["sample_off"], 3),
+        "scoring_ratio": round(med["score_on"] / med["score_off"], 3),
+    }
+    say(
+        f"hidden states: sampling 4 rows {med['sample_off']:.1f} -> {med['sample_on']:.1f} CPU ms/token "
+        f"({out['sampling_ratio']:.3f}x), teacher forcing {med['score_off']:.2f} -> {med['score_on']:.2f} "
+        f"CPU ms/token ({out['scoring_ratio']:.3f}x)"
+    )
+    return out
+
+
 class PrefixCounter:
     """Distinct token prefixes of every sequence inserted (a trie's node count)."""
 
@@ -299,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     result: dict[str, object] = {"sampling": chosen, "batch": bench_batches(model, args.tokens, args.rounds, paths)}
     result["score_tok_s"] = round(bench_score(model), 2)
+    result["hidden_states_cost"] = bench_hidden(model, args.tokens, args.rounds)
     rss = rss_mb()
     budget = (args.model.stat().st_size + model.kv_cache_bytes) / 2**20 + RSS_MARGIN_MB
     say(f"resident memory {rss:.0f} MB, budget {budget:.0f} MB (file + KV cache + {RSS_MARGIN_MB} MB)")
