@@ -26,15 +26,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import app.cli  # noqa: F401  (the command line's process settings, OpenMP's wait policy among them)
+from app.config import Catalog, load_catalog
+from app.presets import ResolvedPreset, resolve_preset
+from app.runtime import open_engines
+from app.search import run
+from app.search.settings import METHODS, SearchSettings
 
-import app.cli  # noqa: E402,F401  (the command line's process settings, OpenMP's wait policy among them)
-from app.config import Catalog, load_catalog  # noqa: E402
-from app.presets import ResolvedPreset, resolve_preset  # noqa: E402
-from app.runtime import open_engines  # noqa: E402
-from app.search import run  # noqa: E402
-from app.search.settings import METHODS, SearchSettings  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 QUESTIONS = [
     "What is 12 + 30?",

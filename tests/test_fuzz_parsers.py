@@ -105,7 +105,7 @@ TOML_VALUES = st.recursive(
 
 def _toml_text(data: object) -> str | None:
     try:
-        return dump_toml(data)  # type: ignore[arg-type]
+        return dump_toml(data)
     except (TypeError, AttributeError):  # a shape the small writer does not write
         return None
 

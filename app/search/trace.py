@@ -128,7 +128,7 @@ class TraceWriter:
         self.path = Path(path)
         # Unbuffered and open for the writer's lifetime (`close` ends it): a failed
         # write leaves nothing in a buffer to land later.
-        self._file: IO[bytes] | None = open(self.path, "wb", buffering=0)  # noqa: SIM115
+        self._file: IO[bytes] | None = open(self.path, "wb", buffering=0)  # noqa: SIM115 (see above)
         self.written = 0  # whole events in the file
         self._whole = 0  # its length after the last whole event
         self.failure: str | None = None
