@@ -9,6 +9,8 @@
   cache shared by a pool of sequences, and every llama.cpp call on it.
 - `NativeBatch` is a `llama_batch` whose arrays are numpy buffers, with any
   number of sequence ids per row (rows shared by identical histories).
+- A long decode (a prompt, a teacher-forced chunk, a catch-up) stops inside
+  llama.cpp when the caller's `should_stop` turns true (`DecodeAbort`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple, cast
@@ -44,11 +47,17 @@ _LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNIN
 _last_level = [logging.INFO]
 # Recent error lines, so that a failed load can say what llama.cpp objected to.
 _recent_errors: deque[str] = deque(maxlen=8)
+# Set on a thread while its decode winds down after being told to stop: what
+# llama.cpp then says ("failed to compute graph", "removing memory module
+# entries") is expected, not an error to show the user.
+_stopping = threading.local()
 
 
 @L.llama_log_callback
 def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     py_level = _last_level[0] if level == 5 else _LEVELS.get(level, logging.INFO)
+    if getattr(_stopping, "active", False):
+        py_level = min(py_level, logging.DEBUG)
     _last_level[0] = py_level
     message = text.decode("utf-8", "replace").rstrip("\n")
     if not message:
@@ -212,6 +221,68 @@ class Decoded(NamedTuple):
     hidden: np.ndarray | None = None
 
 
+# Decodes of at least this many rows are stoppable inside llama.cpp. ggml's CPU
+# backend asks the abort callback after every graph node (about 500 per decode
+# of a 24-layer qwen2), each ask a ctypes call into Python that takes the GIL:
+# 0.6-1 ms per decode on an idle 0.5B, 2-3% of a one-row decode, under 1% from
+# a few rows on (more while another thread keeps the GIL busy). Fewer rows
+# finish quickly and are checked between decodes.
+ABORTABLE_ROWS = 8
+
+
+class DecodeAbort:
+    """llama.cpp's abort callback for one context, armed for one decode at a time.
+
+    Armed, `should_stop` is asked after every graph node the CPU backend
+    computes (Metal asks between command buffers). The CUDA backend never
+    asks: with every layer offloaded only the CPU's part of the graph (the
+    token-embedding lookup at its start) checks, so a GPU decode that has
+    begun runs to its end. The callback is installed only while armed, so
+    other decodes pay nothing. An aborted decode returns 2, after llama.cpp
+    dropped the cells it wrote for the first sequence id of each row; callers
+    restore the rest (`LlamaModel` forgets every position a cancelled call
+    decoded, for every sequence id)."""
+
+    def __init__(self, ctx: L.llama_context_p) -> None:
+        self._ctx = ctx
+        self._should_stop: Callable[[], bool] | None = None
+        self._error: BaseException | None = None
+        self._callback = L.ggml_abort_callback(self._ask)  # alive as long as llama.cpp may call it
+
+    def _ask(self, _data: ctypes.c_void_p) -> bool:
+        try:
+            stop = self._should_stop is not None and bool(self._should_stop())
+        except BaseException as e:  # raised again on return from the decode
+            self._error, stop = e, True
+        if stop:
+            _stopping.active = True
+        return stop
+
+    def armed(self, should_stop: Callable[[], bool] | None) -> AbstractContextManager[object]:
+        """A `with` block around one llama_decode that stops it when `should_stop`
+        says so (nothing happens with None)."""
+        if should_stop is None:
+            return _NOT_ARMED
+        self._should_stop, self._error = should_stop, None
+        return self
+
+    def __enter__(self) -> None:
+        L.llama_set_abort_callback(self._ctx, self._callback, None)
+
+    def __exit__(self, *exc: object) -> None:
+        L.llama_set_abort_callback(self._ctx, _NO_ABORT, None)
+        self._should_stop = None
+        _stopping.active = False
+
+    def raised(self) -> BaseException:
+        """What an aborted decode raises: `should_stop`'s own error, else `Cancelled`."""
+        return self._error if self._error is not None else Cancelled()
+
+
+_NO_ABORT = L.ggml_abort_callback()  # a NULL function pointer
+_NOT_ARMED = nullcontext()
+
+
 class NativeContext:
     """One loaded GGUF and one llama.cpp context whose `n_seq_max` sequences share
     a unified KV cache (so a fork shares its prefix's cells instead of copying
@@ -270,6 +341,7 @@ class NativeContext:
                 f"cannot create a {self.n_ctx}-token context for {path}: llama.cpp says: {first_error()}."
             )
         self._finalizer = weakref.finalize(self, _free, self.ctx, self.model)
+        self._abort = DecodeAbort(self.ctx)
         self.memory = L.llama_get_memory(self.ctx)
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_vocab: int = L.llama_vocab_n_tokens(self.vocab)
@@ -359,9 +431,14 @@ class NativeContext:
                 ids[int(id_starts[start]) : id_end],
                 outputs[start:end],
             )
+            # Only prefills stop inside a decode: sampling decodes are short and
+            # checked between them, and a backend sampler's chain is left alone.
+            stop = should_stop if prefill and end - start >= ABORTABLE_ROWS else None
             clear_errors()
-            with NativeTime(usage):
+            with NativeTime(usage), self._abort.armed(stop):
                 rc = L.llama_decode(self.ctx, batch)
+            if rc == 2 and stop is not None:
+                raise self._abort.raised()
             if rc != 0:
                 raise self._decode_error(rc, end - start)
             usage.decoded_rows += end - start

@@ -141,6 +141,9 @@ class timed:
 # Called with the texts of all live candidates so far, grouped per input
 # sequence; lets a UI stream drafts as they grow. Must be cheap.
 ProgressFn = Callable[[list[list[str]]], None]
+# Asked between decodes and, during long decodes, after every step of the
+# model's graph (hundreds of times a second): must be cheap. A model call that
+# sees it true raises `Cancelled` and leaves its model as it was before the call.
 StopFn = Callable[[], bool]
 
 
@@ -161,13 +164,16 @@ class LanguageModel(Protocol):
 
     def detokenize(self, tokens: Sequence[int]) -> str: ...
 
-    def start(self, prompt: str | Sequence[int]) -> Seq:
+    def start(self, prompt: str | Sequence[int], *, should_stop: StopFn | None = None) -> Seq:
         """Prefill a prompt once (text may hold special tokens)."""
         ...
 
     def fork(self, seq: Seq) -> Seq: ...
 
-    def extend(self, seq: Seq, tokens: Sequence[int]) -> None: ...
+    def extend(self, seq: Seq, tokens: Sequence[int], *, should_stop: StopFn | None = None) -> None:
+        """Append tokens (an engine may decode them now or with the next call
+        that continues the sequence)."""
+        ...
 
     def truncate(self, seq: Seq, n_tokens: int) -> None: ...
 

@@ -31,6 +31,11 @@ Guards: every batch is chunked to `n_batch` rows; token ids are checked
 against the vocabulary; the sequence-id pool and the context raise
 `SequencePoolExhausted` / `ContextFullError` naming the numbers; decode return
 codes are checked. llama.cpp never sees an input that would abort the process.
+
+Cancellation: a call given `should_stop` checks it between decodes, and long
+decodes (a prompt, a teacher-forced chunk, a catch-up) stop inside llama.cpp
+(`engines._native.DecodeAbort`); a cancelled call forgets every position it
+decoded, so its sequences are as before the call.
 """
 
 from __future__ import annotations
@@ -176,11 +181,17 @@ class LlamaModel(GGUFModel):
 
     # --- sequences ------------------------------------------------------------------
 
-    def start(self, prompt: str | Sequence[int], *, usage: ModelUsage | None = None) -> LlamaSeq:
+    def start(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        should_stop: StopFn | None = None,
+        usage: ModelUsage | None = None,
+    ) -> LlamaSeq:
         """Prefill a prompt; `usage` charges another record (a reward model's) for
         the rows and native time, and leaves wall time to that record's owner."""
         with self._lock, self._timed(usage):
-            return self._start(prompt, usage or self.usage)
+            return self._start(prompt, usage or self.usage, should_stop)
 
     def fork(self, seq: Seq) -> LlamaSeq:
         with self._lock:
@@ -188,8 +199,9 @@ class LlamaModel(GGUFModel):
             self._reserve(1)
             return self._fork(parent, self.usage)
 
-    def extend(self, seq: Seq, tokens: Sequence[int]) -> None:
-        """Append tokens; they are decoded when the sequence is next continued."""
+    def extend(self, seq: Seq, tokens: Sequence[int], *, should_stop: StopFn | None = None) -> None:
+        """Append tokens; they are decoded when the sequence is next continued
+        (under that call's `should_stop`: nothing runs here to stop)."""
         with self._lock:
             seq = self._check_seq(seq)
             ids = self._checked_tokens(tokens)
@@ -224,7 +236,7 @@ class LlamaModel(GGUFModel):
             seq._id = -1
             seq._logits = None
 
-    def _start(self, prompt: str | Sequence[int], usage: ModelUsage) -> LlamaSeq:
+    def _start(self, prompt: str | Sequence[int], usage: ModelUsage, should_stop: StopFn | None) -> LlamaSeq:
         tokens = self.prompt_tokens(prompt) if isinstance(prompt, str) else self._checked_tokens(prompt)
         if not tokens:
             raise EngineError(f"cannot start a sequence of {self.name} from an empty prompt.")
@@ -236,7 +248,7 @@ class LlamaModel(GGUFModel):
         self._reserve(1)
         seq = self._new_seq(tokens, 0, None)
         try:
-            self._prepare([seq], usage)
+            self._prepare([seq], usage, should_stop)
         except BaseException:
             self._drop(seq)
             raise
@@ -310,8 +322,9 @@ class LlamaModel(GGUFModel):
             raise EngineError(f"cannot continue an empty sequence of {self.name}.")
         self._forget(seq, seq._n_cached - 1, usage)
 
-    def _prepare(self, seqs: Sequence[LlamaSeq], usage: ModelUsage) -> None:
-        """Decode the undecoded tails of `seqs` and keep their next-token logits."""
+    def _prepare(self, seqs: Sequence[LlamaSeq], usage: ModelUsage, should_stop: StopFn | None) -> None:
+        """Decode the undecoded tails of `seqs` and keep their next-token logits.
+        Cancelled, every sequence keeps only what it had cached before."""
         todo: list[LlamaSeq] = []
         for seq in dict.fromkeys(seqs):
             if seq._ready():
@@ -335,7 +348,7 @@ class LlamaModel(GGUFModel):
 
         before = [seq._n_cached for seq in todo]
         try:
-            self._native.decode_rows(rows, usage, prefill=True, consume=keep)
+            self._native.decode_rows(rows, usage, prefill=True, consume=keep, should_stop=should_stop)
         except BaseException:
             for seq, n_cached in zip(todo, before):
                 self._forget(seq, n_cached, usage)
@@ -380,7 +393,7 @@ class LlamaModel(GGUFModel):
                     "there is no room for another step."
                 )
         self._reserve(len(seqs) * k)
-        self._prepare(seqs, usage)
+        self._prepare(seqs, usage, should_stop)
         delimiter = params.delimiter.encode("utf-8") if params.delimiter else None
         per_input: list[list[_Candidate]] = []
         groups: dict[int, list[_Candidate]] = {}

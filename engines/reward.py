@@ -88,7 +88,7 @@ class _TextReward:
             if not queries:
                 return []
             logprobs, children = self.model.next_token_logprobs(
-                self._pairs(queries), self._good + self._bad, usage=self.usage, should_stop=should_stop
+                self._pairs(queries, should_stop), self._good + self._bad, usage=self.usage, should_stop=should_stop
             )
             self._keep(queries, children)
             return [self._reward(row) for row in logprobs]
@@ -98,7 +98,7 @@ class _TextReward:
         bad = np.logaddexp.reduce(row[len(self._good) :])
         return float(1.0 / (1.0 + np.exp(bad - good)))
 
-    def _pairs(self, queries: Sequence[RewardQuery]) -> list[tuple[LlamaSeq, list[int]]]:
+    def _pairs(self, queries: Sequence[RewardQuery], should_stop: StopFn | None) -> list[tuple[LlamaSeq, list[int]]]:
         """(cached prefix, remaining tokens) per query."""
         full = [self._tokens(q.question, q.steps + (q.candidate,)) for q in queries]
         by_key: dict[Key, list[list[int]]] = {}
@@ -112,7 +112,7 @@ class _TextReward:
                 common = self._tokens(question, steps + ("",))
                 for tokens in lists:
                     common = common[: _common_prefix_length(common, tokens)]
-                prefixes[(question, steps)] = self._prefix((question, steps), common)
+                prefixes[(question, steps)] = self._prefix((question, steps), common, should_stop)
         except BaseException:
             self._cache.update(prefixes)
             raise
@@ -125,7 +125,7 @@ class _TextReward:
             pairs.append((base, tokens[base.n_tokens :]))
         return pairs
 
-    def _prefix(self, key: Key, common: list[int]) -> LlamaSeq:
+    def _prefix(self, key: Key, common: list[int], should_stop: StopFn | None) -> LlamaSeq:
         """A cached sequence for `key` whose tokens are a prefix of `common`."""
         cached = self._cache.pop(key, None)
         if cached is not None:
@@ -149,7 +149,7 @@ class _TextReward:
             return seq
         if not common:
             raise EngineError(f"the reward prompt of {self.name} is empty.")
-        return self.model.start(common, usage=self.usage)
+        return self.model.start(common, usage=self.usage, should_stop=should_stop)
 
     def _keep(self, queries: Sequence[RewardQuery], children: list[LlamaSeq]) -> None:
         for q, child in zip(queries, children):
@@ -267,9 +267,9 @@ class JudgeReward(_TextReward):
             and query.policy_seq._model is self.model
         )
 
-    def _pairs(self, queries: Sequence[RewardQuery]) -> list[tuple[LlamaSeq, list[int]]]:
+    def _pairs(self, queries: Sequence[RewardQuery], should_stop: StopFn | None) -> list[tuple[LlamaSeq, list[int]]]:
         text_queries = [q for q in queries if not self._uses_policy(q)]
-        text_pairs = iter(super()._pairs(text_queries) if text_queries else [])
+        text_pairs = iter(super()._pairs(text_queries, should_stop) if text_queries else [])
         return [
             (cast(LlamaSeq, q.policy_seq), self._after_solution) if self._uses_policy(q) else next(text_pairs)
             for q in queries

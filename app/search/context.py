@@ -117,7 +117,7 @@ class SearchContext:
         if getattr(self.engines.reward, "reads_policy_states", False) and "target" not in roles:
             roles = (*roles, "target")  # a value head reads every step through the target
         prompt = self.engines.target.format_chat(SYSTEM_PROMPT, self.question)
-        seqs = {role: self.hold(role, self.model(role).start(prompt)) for role in roles}
+        seqs = {role: self.hold(role, self.model(role).start(prompt, should_stop=self.should_stop)) for role in roles}
         root = Prefix(id="", steps=(), seqs=seqs)
         self.beams = [root]
         self.started = True
@@ -126,9 +126,10 @@ class SearchContext:
     def sync(self, prefix: Prefix, role: str) -> Seq:
         """The prefix's sequence in `role`, first fed the steps it has not seen yet."""
         seq = prefix.seqs[role]
-        lag = prefix.lag.pop(role, None)
+        lag = prefix.lag.get(role)
         if lag:
-            self.model(role).extend(seq, lag)
+            self.model(role).extend(seq, lag, should_stop=self.should_stop)
+        prefix.lag.pop(role, None)
         return seq
 
     # -- events ----------------------------------------------------------------
@@ -253,8 +254,9 @@ class SearchContext:
         seq = self._unboxed.get(completion_id)
         try:
             if seq is None:  # a draft-only solution: the target reads it first
-                seq = self.hold("target", target.start(target.format_chat(SYSTEM_PROMPT, self.question)))
-                target.extend(seq, target.tokenize(solution))
+                prompt = target.format_chat(SYSTEM_PROMPT, self.question)
+                seq = self.hold("target", target.start(prompt, should_stop=self.should_stop))
+                target.extend(seq, target.tokenize(solution), should_stop=self.should_stop)
             forced = force_answer(target, seq, should_stop=self.should_stop)
         except (Cancelled, EngineError):
             return solution, None, False

@@ -264,7 +264,15 @@ class RemoteModel:
 
     # --- sequences --------------------------------------------------------------------
 
-    def start(self, prompt: str | Sequence[int], *, usage: ModelUsage | None = None) -> RemoteSeq:
+    def start(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        should_stop: StopFn | None = None,
+        usage: ModelUsage | None = None,
+    ) -> RemoteSeq:
+        """A sequence of the prompt's tokens; the server reads them with the first
+        call that continues it (under that call's `should_stop`)."""
         with self._timed(usage):
             tokens = self.prompt_tokens(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
             if not tokens:
@@ -280,7 +288,8 @@ class RemoteModel:
         parent = self._check_seq(seq)
         return RemoteSeq(self, list(parent._tokens), parent._seen)
 
-    def extend(self, seq: Seq, tokens: Sequence[int]) -> None:
+    def extend(self, seq: Seq, tokens: Sequence[int], *, should_stop: StopFn | None = None) -> None:
+        """Append tokens; the server reads them with the next call that continues the sequence."""
         seq = self._check_seq(seq)
         ids = [int(t) for t in tokens]
         self._check_room(seq.n_tokens + len(ids), "extending a sequence")

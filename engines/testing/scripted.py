@@ -216,8 +216,10 @@ class ScriptedModel:
 
     # -- sequences ---------------------------------------------------------------
 
-    def start(self, prompt: str | Sequence[int]) -> ScriptedSeq:
+    def start(self, prompt: str | Sequence[int], *, should_stop: StopFn | None = None) -> ScriptedSeq:
         self.usage.calls += 1
+        if should_stop is not None and should_stop():
+            raise Cancelled()
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         seq = self._new_seq(tokens)
         self.usage.prefilled += len(tokens)
@@ -228,8 +230,10 @@ class ScriptedModel:
     def fork(self, seq: ScriptedSeq) -> ScriptedSeq:
         return self._new_seq(self._check(seq).tokens)
 
-    def extend(self, seq: ScriptedSeq, tokens: Sequence[int]) -> None:
+    def extend(self, seq: ScriptedSeq, tokens: Sequence[int], *, should_stop: StopFn | None = None) -> None:
         seq = self._check(seq)
+        if should_stop is not None and should_stop():
+            raise Cancelled()
         if seq.n_tokens + len(tokens) > self._n_ctx:
             raise ContextFullError(
                 f"{seq.n_tokens + len(tokens)} tokens do not fit the context of {self._n_ctx} tokens of "
