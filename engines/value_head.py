@@ -141,11 +141,18 @@ class ValueHeadReward:
         with timed(self.usage):
             if not queries:
                 return []
-            missing = [i for i, q in enumerate(queries) if q.policy_state is None]
-            if missing:
+            if all(q.policy_state is None for q in queries):
                 raise EngineError(
-                    "the value-head reward needs the target's hidden state of every candidate; "
+                    "the value-head reward needs the target's hidden states; "
                     "open the target with hidden states on (the runtime does this for value-head presets)."
                 )
-            states = np.stack([np.asarray(q.policy_state, np.float64) for q in queries])
-            return [float(r) for r in self.head.rewards(states)]
+            # A one-token step right after the prompt has no state (prefill never
+            # computes them): it gets the head's reward for an average state,
+            # sigmoid(b), standardised states having mean 0.
+            prior = 1.0 / (1.0 + math.exp(-self.head.bias))
+            return [
+                prior
+                if q.policy_state is None
+                else float(self.head.rewards(np.asarray(q.policy_state, np.float64)[None])[0])
+                for q in queries
+            ]

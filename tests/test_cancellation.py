@@ -59,10 +59,11 @@ def interrupt(process: subprocess.Popen[str]) -> tuple[float, str, str]:
 def test_ctrl_c_during_a_download_keeps_the_bytes_and_the_rerun_resumes(
     fake_hub: FakeHub, hub_env: Path, tiny_gguf: Callable[..., bytes], capsys
 ) -> None:
-    # Past two of huggingface_hub's 10 MB chunks (the process writes whole chunks), sent over about 4 s.
+    # Past two of huggingface_hub's 10 MB chunks (the process writes whole chunks), sent slowly
+    # enough (about 20 s) that the interrupt always comes before the end.
     model = tiny_gguf("qwen", seed=1) + bytes(24 * 2**20)
     fake_hub.add_repo("test-org/tiny-GGUF", {"tiny-Q8_0.gguf": model})
-    fake_hub.seconds_per_piece = 0.01
+    fake_hub.seconds_per_piece = 0.05
     (hub_env / "user-models.toml").write_text(
         dump_toml({"models": {"tiny": {"repo": "test-org/tiny-GGUF", "file": "tiny-Q8_0.gguf", "size": len(model)}}})
     )

@@ -130,5 +130,9 @@ def test_reward_reads_the_policy_states() -> None:
     queries = [RewardQuery("q", (), "step", policy_state=states[i]) for i in range(2)]
     assert reward.score(queries) == pytest.approx(list(head.rewards(states)))
     assert reward.usage.calls == 1
-    with pytest.raises(EngineError, match="hidden state"):
+    with pytest.raises(EngineError, match="hidden states"):
         reward.score([RewardQuery("q", (), "step")])
+    # One candidate without a state gets the head's reward for an average state.
+    [with_state, without] = reward.score([queries[0], RewardQuery("q", (), "step")])
+    assert with_state == pytest.approx(float(head.rewards(states[:1])[0]))
+    assert without == pytest.approx(1 / (1 + math.exp(-head.bias)))

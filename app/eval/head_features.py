@@ -22,7 +22,7 @@ import numpy as np
 
 from app.eval.rollouts import Rollout
 from app.search.arithmetic import result_probability
-from engines.base import SYSTEM_PROMPT, EngineError, LanguageModel, StopFn
+from engines.base import SYSTEM_PROMPT, LanguageModel, StopFn
 
 
 @dataclass
@@ -95,11 +95,16 @@ def rollout_features(
         scored = target.score([(root, prefix) for prefix in prefixes], should_stop=should_stop)
     finally:
         target.release(root)
-    states, means, results = [], [], []
+    states, means, results, kept = [], [], [], []
     try:
-        for step_text, step_tokens, result in zip(rollout.steps, rollout.step_tokens, scored, strict=True):
+        for index, (step_text, step_tokens, result) in enumerate(
+            zip(rollout.steps, rollout.step_tokens, scored, strict=True)
+        ):
             if result.hidden is None:
-                raise EngineError(f"{target.name} gave no hidden states; open it with hidden states on.")
+                # A one-token first step: its state is the prompt's row, which
+                # prefill does not compute. Such a step is left out.
+                continue
+            kept.append(index)
             states.append(np.asarray(result.hidden, np.float32))
             own = result.logprobs[len(result.logprobs) - len(step_tokens) :]
             means.append(sum(own) / len(own) if own else 0.0)
@@ -110,15 +115,20 @@ def rollout_features(
             target.release(result.seq)
     n = len(states)
     return StepFeatures(
-        states=np.stack(states) if states else np.zeros((0, 0), np.float32),
+        states=np.stack(states) if states else np.zeros((0, target_width(target)), np.float32),
         labels=np.full(n, 1.0 if rollout.correct else 0.0),
         problems=[rollout.problem] * n,
         plans=[rollout.plan] * n,
-        step_index=np.arange(n),
+        step_index=np.array(kept, dtype=np.int64),
         mean_logprob=np.array(means),
         result_prob=np.array(results),
-        keys=[f"{rollout.problem}/{rollout.plan}/{rollout.sample}/{i}" for i in range(n)],
+        keys=[f"{rollout.problem}/{rollout.plan}/{rollout.sample}/{i}" for i in kept],
     )
+
+
+def target_width(target: LanguageModel) -> int:
+    """The hidden size, for an empty feature block (0 when the model does not say)."""
+    return int(getattr(target, "n_embd", 0))
 
 
 def all_features(
