@@ -241,41 +241,61 @@ class DecodeAbort:
     other decodes pay nothing. An aborted decode returns 2, after llama.cpp
     dropped the cells it wrote for the first sequence id of each row; callers
     restore the rest (`LlamaModel` forgets every position a cancelled call
-    decoded, for every sequence id)."""
+    decoded, for every sequence id).
+
+    On the main thread the callback is where Python runs signal handlers
+    during a decode, and an exception raised on entering a ctypes callback
+    is printed and lost (the decode goes on or stops at random). So while
+    armed there, Ctrl-C only stops the decode, and once it has returned the
+    program's own SIGINT handler runs, as if Ctrl-C came then (a search's
+    "stop and keep what you found", or KeyboardInterrupt)."""
 
     def __init__(self, ctx: L.llama_context_p) -> None:
         self._ctx = ctx
         self._should_stop: Callable[[], bool] | None = None
         self._error: BaseException | None = None
+        self._interrupted = False
+        self._sigint: Any = None  # the program's handler, while this one stands in
         self._callback = L.ggml_abort_callback(self._ask)  # alive as long as llama.cpp may call it
 
     def _ask(self, _data: ctypes.c_void_p) -> bool:
         try:
-            stop = self._should_stop is not None and bool(self._should_stop())
+            stop = self._interrupted or (self._should_stop is not None and bool(self._should_stop()))
         except BaseException as e:  # raised again on return from the decode
             self._error, stop = e, True
         if stop:
             _stopping.active = True
         return stop
 
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        self._interrupted = True
+
     def armed(self, should_stop: Callable[[], bool] | None) -> AbstractContextManager[object]:
         """A `with` block around one llama_decode that stops it when `should_stop`
         says so (nothing happens with None)."""
         if should_stop is None:
             return _NOT_ARMED
-        self._should_stop, self._error = should_stop, None
+        self._should_stop, self._error, self._interrupted = should_stop, None, False
         return self
 
     def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread() and callable(signal.getsignal(signal.SIGINT)):
+            self._sigint = signal.signal(signal.SIGINT, self._interrupt)
         L.llama_set_abort_callback(self._ctx, self._callback, None)
 
     def __exit__(self, *exc: object) -> None:
         L.llama_set_abort_callback(self._ctx, _NO_ABORT, None)
         self._should_stop = None
         _stopping.active = False
+        if self._sigint is not None:
+            signal.signal(signal.SIGINT, self._sigint)
+            self._sigint = None
+            if self._interrupted:
+                signal.raise_signal(signal.SIGINT)
 
     def raised(self) -> BaseException:
-        """What an aborted decode raises: `should_stop`'s own error, else `Cancelled`."""
+        """What an aborted decode raises: `should_stop`'s own error, else `Cancelled`
+        (also when Ctrl-C stopped it and the program's handler raised nothing)."""
         return self._error if self._error is not None else Cancelled()
 
 

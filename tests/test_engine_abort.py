@@ -5,8 +5,10 @@ teacher-forced chunk and a catch-up stop at the next graph node once
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import llama_cpp as L
@@ -190,6 +192,48 @@ def test_an_error_in_should_stop_comes_out_of_the_call(qwen: LlamaModel) -> None
     assert_consistent(qwen)
 
 
+class Pressed(Exception):
+    """What the program's own SIGINT handler raises in these tests."""
+
+
+def press_ctrl_c_inside_the_decode() -> Callable[[], bool]:
+    """A should_stop that never says stop, and sends SIGINT when it is asked from inside the decode."""
+    asked = [0]
+
+    def should_stop() -> bool:
+        asked[0] += 1
+        if asked[0] == 2:
+            signal.raise_signal(signal.SIGINT)
+        return False
+
+    return should_stop
+
+
+@pytest.mark.parametrize("handler_raises", [True, False])
+def test_ctrl_c_stops_a_decode_then_reaches_the_programs_handler(qwen: LlamaModel, handler_raises: bool) -> None:
+    # The main thread runs Python's signal handlers inside the abort callback,
+    # where an exception would be lost: the handler must run after the decode.
+    pressed: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        pressed.append(signum)
+        if handler_raises:  # like KeyboardInterrupt
+            raise Pressed()
+        # else like `solve`'s first Ctrl-C: it only asks the search to stop
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        with pytest.raises(Pressed if handler_raises else Cancelled):
+            qwen.start(PROMPT, should_stop=press_ctrl_c_inside_the_decode())
+        assert signal.getsignal(signal.SIGINT) is handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert pressed == [signal.SIGINT]
+    assert qwen.usage.decoded_rows == 0  # the decode stopped
+    assert qwen.live_sequences == 0
+    assert_consistent(qwen)
+
+
 def test_a_stopped_decode_is_no_error_in_the_log(qwen: LlamaModel, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="llama.cpp"):
         with pytest.raises(Cancelled):
@@ -229,26 +273,57 @@ def roomy_tiny_qwen(tmp_path_factory: pytest.TempPathFactory, tiny_gguf_writer) 
     return tiny_gguf_writer.write_qwen_like(tmp_path_factory.mktemp("roomy") / "roomy-qwen.gguf", shape=shape, seed=7)
 
 
-@pytest.mark.real
-def test_a_long_prefill_of_a_real_model_stops_within_a_second(dev_model_small: Path) -> None:
+@pytest.fixture(scope="module")
+def real_small(dev_model_small: Path):
     with LlamaModel(dev_model_small, n_ctx=2048, n_seq_max=2) as model:
         if model.gpu_layers:
             pytest.skip("a GPU decode runs to its end; only the CPU backend stops inside one")
-        question = "List the first forty prime numbers, one per line. " * 60
-        prompt = model.prompt_tokens(model.format_chat(SYSTEM_PROMPT, question))[:1500]
-        stop = threading.Event()
-        set_at: list[float] = []
+        yield model
 
-        def set_stop() -> None:
-            set_at.append(time.monotonic())
-            stop.set()
 
-        timer = threading.Timer(0.3, set_stop)
-        timer.start()
-        with pytest.raises(Cancelled):
-            model.start(prompt, should_stop=stop.is_set)
-        stopped = time.monotonic()
-        timer.join()
-        assert model.usage.prefilled < len(prompt)  # stopped in the first or second of three chunks
-        assert model.live_sequences == 0
-        assert stopped - set_at[0] < 1.0
+def long_prompt(model: LlamaModel) -> list[int]:
+    """1500 tokens: three decodes of 512 rows, seconds each on a CPU."""
+    question = "List the first forty prime numbers, one per line. " * 60
+    return model.prompt_tokens(model.format_chat(SYSTEM_PROMPT, question))[:1500]
+
+
+def after(seconds: float, action: Callable[[], None]) -> list[float]:
+    """Runs `action` on a timer thread; the list gets the time it ran."""
+    done: list[float] = []
+
+    def run() -> None:
+        done.append(time.monotonic())
+        action()
+
+    threading.Timer(seconds, run).start()
+    return done
+
+
+@pytest.mark.real
+def test_a_long_prefill_of_a_real_model_stops_within_a_second(real_small: LlamaModel) -> None:
+    prompt, stop = long_prompt(real_small), threading.Event()
+    set_at = after(0.3, stop.set)
+    with pytest.raises(Cancelled):
+        real_small.start(prompt, should_stop=stop.is_set)
+    assert time.monotonic() - set_at[0] < 1.0
+    assert real_small.usage.prefilled < len(prompt)  # stopped in the first or second of three decodes
+    assert real_small.live_sequences == 0
+
+
+@pytest.mark.real
+def test_ctrl_c_in_a_long_prefill_of_a_real_model_reaches_the_program_within_a_second(real_small: LlamaModel) -> None:
+    # Ctrl-C from outside, while the main thread is inside llama.cpp: Python
+    # runs the handler on entering the abort callback.
+    def handler(signum: int, frame: object) -> None:
+        raise Pressed()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        prompt = long_prompt(real_small)
+        sent_at = after(0.3, lambda: signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT))
+        with pytest.raises(Pressed):
+            real_small.start(prompt, should_stop=threading.Event().is_set)
+        assert time.monotonic() - sent_at[0] < 1.0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert real_small.live_sequences == 0
