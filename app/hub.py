@@ -25,8 +25,7 @@ from huggingface_hub.errors import HFValidationError
 
 from app.config import ModelEntry, models_dir, user_config_path
 from app.errors import UserError
-from engines.base import ModelLoadError
-from engines.gguf_info import has_gguf_magic, read_header
+from engines.gguf_info import DamagedGGUF, has_gguf_magic, read_header
 
 FETCH_SCRIPT = "scripts/fetch-dev-models.sh"
 _HASH_BLOCK = 8 * 2**20
@@ -136,7 +135,8 @@ class FileProblem:
 def file_problem(path: Path, expected_sha256: str | None, *, name: str, echo: Echo) -> FileProblem | None:
     """What is wrong with a model file, if anything: not a GGUF, not the expected sha256,
     or a header that does not parse (which no sha256 catches when the file was made
-    that way). Every check runs each time it is asked: a verdict is never assumed."""
+    that way) or a tensor table that runs past the file's end. Every check runs each
+    time it is asked: a verdict is never assumed."""
     if not has_gguf_magic(path):
         return FileProblem("not-gguf", "is not a GGUF file")
     if expected_sha256 is not None:
@@ -146,8 +146,8 @@ def file_problem(path: Path, expected_sha256: str | None, *, name: str, echo: Ec
             return FileProblem("sha256", f"has sha256 {actual[:12]}… where {expected_sha256[:12]}… was expected")
     try:
         read_header(path)
-    except ModelLoadError:
-        return FileProblem("header", "has a damaged GGUF header")
+    except DamagedGGUF as exc:
+        return FileProblem("header", exc.reason)
     return None
 
 

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import mmap
 import os
 import signal
-import struct
 import threading
 import time
 import weakref
@@ -31,12 +29,11 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
-import gguf
 import llama_cpp as L
 import numpy as np
 
 from engines.base import Cancelled, ContextFullError, EngineError, ModelLoadError, ModelUsage
-from engines.gguf_info import MAGIC, _HeaderParser
+from engines.gguf_info import MAGIC, DamagedGGUF, read_header
 from engines.rows import Rows, chunks
 
 logger = logging.getLogger("llama.cpp")
@@ -90,61 +87,21 @@ def first_error() -> str:
 # --- GGUF file checks -------------------------------------------------------
 
 
-def _tensor_bytes(type_id: int, dims: tuple[int, ...]) -> int | None:
-    try:
-        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)]
-    except (ValueError, KeyError):
-        return None  # a type this gguf package does not know: llama.cpp will judge
-    n = 1
-    for d in dims:
-        n *= d
-    return n // block * type_size
-
-
-def _needed_size(buf: mmap.mmap) -> int:
-    """Bytes the file must have for its header's tensors to fit."""
-    parser = _HeaderParser(buf)
-    header = parser.parse()  # the metadata, with engines.gguf_info's reader
-    alignment = header.metadata.get("general.alignment", 32)
-    offset, endian, end = parser.pos, parser.endian, 0
-    for _ in range(header.n_tensors):
-        (name_length,) = struct.unpack_from(endian + "Q", buf, offset)
-        offset += 8 + name_length
-        (n_dims,) = struct.unpack_from(endian + "I", buf, offset)
-        if n_dims > 8:
-            raise ValueError(f"a tensor has {n_dims} dimensions")
-        dims = struct.unpack_from(f"{endian}{n_dims}Q", buf, offset + 4)
-        type_id, data_offset = struct.unpack_from(endian + "IQ", buf, offset + 4 + 8 * n_dims)
-        offset += 4 + 8 * n_dims + 12
-        nbytes = _tensor_bytes(type_id, dims)
-        if nbytes is not None:
-            end = max(end, data_offset + nbytes)
-    return (offset + alignment - 1) // alignment * alignment + end
-
-
 def check_gguf_file(path: Path) -> None:
-    """Raise ModelLoadError (one sentence) unless `path` looks like a whole GGUF file."""
+    """Raise ModelLoadError (one sentence) unless `path` looks like a whole GGUF file:
+    llama.cpp aborts the process on some damaged headers, and reads past a cut file."""
     if not path.exists():
         raise ModelLoadError(f"cannot load {path}: the file does not exist.")
     if not path.is_file():
         raise ModelLoadError(f"cannot load {path}: it is not a regular file.")
-    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(4)
-        if head != MAGIC:
-            raise ModelLoadError(f"cannot load {path}: it is not a GGUF file (it starts with {head!r}, not {MAGIC!r}).")
-        try:
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                need = _needed_size(buf)
-        except (struct.error, ValueError, UnicodeDecodeError):
-            raise ModelLoadError(
-                f"cannot load {path}: the file is truncated or damaged inside its header ({size} bytes); "
-                "download it again."
-            ) from None
-    if need > size:
-        raise ModelLoadError(
-            f"cannot load {path}: the file is truncated ({size} bytes, its tensors need {need}); download it again."
-        )
+    if head != MAGIC:
+        raise ModelLoadError(f"cannot load {path}: it is not a GGUF file (it starts with {head!r}, not {MAGIC!r}).")
+    try:
+        read_header(path)
+    except DamagedGGUF as exc:
+        raise ModelLoadError(f"cannot load {path}: the file {exc.reason}; download it again.") from None
 
 
 # --- loading ------------------------------------------------------------------

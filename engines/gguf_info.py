@@ -4,7 +4,9 @@
 objects, which takes seconds for a 150k-token vocabulary; this reader walks
 the header once, keeps the scalar fields, and only notes the length of each
 array (the vocabulary size among them). It is enough for the magic check, the
-shape of the attention layers and the KV-cache bytes per token.
+shape of the attention layers and the KV-cache bytes per token. It also reads
+the tensor table, so that a file cut short (a download stopped, a disk that
+filled up) is told apart from a whole one without loading it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUF_MAGIC, GGUFValueType, Keys
+from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType, Keys
 
 from engines.base import ModelLoadError
 
@@ -34,6 +36,7 @@ _SCALAR_FORMATS = {
     GGUFValueType.INT64: "q",
     GGUFValueType.FLOAT64: "d",
 }
+_MAX_DIMS = 4  # GGML_MAX_DIMS
 # Numeric arrays up to this length are kept (per-layer head counts); longer
 # ones (token scores, token types) only have their length recorded.
 _KEPT_ARRAY_LENGTH = 1024
@@ -45,6 +48,7 @@ class GGUFHeader:
     n_tensors: int
     metadata: dict[str, Any]  # scalars, strings and short numeric arrays (as tuples)
     array_lengths: dict[str, int]  # every array field, e.g. tokenizer.ggml.tokens
+    data_end: int  # the file size the tensor table asks for: where the last tensor's bytes end
 
     @property
     def architecture(self) -> str:
@@ -91,14 +95,34 @@ def check_gguf(path: Path) -> None:
         raise ModelLoadError(f"{path} is not a GGUF file (wrong magic bytes); delete it and download it again.")
 
 
+class _RunsPastTheEnd(ValueError):
+    pass
+
+
+class DamagedGGUF(ModelLoadError):
+    """A GGUF file whose header does not parse, or whose tensors run past its end.
+    `reason` completes a sentence that starts with the file's name."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} {reason}; delete it and download it again.")
+        self.reason = reason
+
+
 def read_header(path: Path) -> GGUFHeader:
-    """The header of a GGUF file; ModelLoadError if it is not one or is cut short."""
+    """The header of a GGUF file; ModelLoadError if it is not one, DamagedGGUF if its
+    header is damaged or the file is shorter than its tensor table says."""
     check_gguf(path)
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _HeaderParser(buf).parse()
-    except (struct.error, ValueError, UnicodeDecodeError, OverflowError) as exc:  # Overflow: a length past 2**63
-        raise ModelLoadError(f"{path} has a damaged GGUF header ({exc}); delete it and download it again.") from None
+            size = len(buf)
+            header = _HeaderParser(buf).parse()
+    except (struct.error, _RunsPastTheEnd):  # struct.error: a field past the end
+        raise DamagedGGUF(path, f"is cut short inside its header ({size:,} bytes)") from None
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:  # Overflow: a length past 2**63
+        raise DamagedGGUF(path, f"has a damaged GGUF header ({exc})") from None
+    if size < header.data_end:
+        raise DamagedGGUF(path, f"is cut short ({size:,} of the {header.data_end:,} bytes its header describes)")
+    return header
 
 
 def attention_shape(header: GGUFHeader) -> AttentionShape:
@@ -159,7 +183,34 @@ class _HeaderParser:
                     metadata[key] = kept
             else:
                 metadata[key] = self._value(value_type)
-        return GGUFHeader(version, n_tensors, metadata, array_lengths)
+        data_end = self._tensor_data_end(n_tensors, metadata.get(Keys.General.ALIGNMENT, GGUF_DEFAULT_ALIGNMENT))
+        return GGUFHeader(version, n_tensors, metadata, array_lengths, data_end)
+
+    def _tensor_data_end(self, n_tensors: int, alignment: Any) -> int:
+        """Where the last tensor's bytes end: the tensor table (name, shape, type and
+        offset of each) is followed by padding to `alignment`, then the tensor data."""
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise ValueError(f"general.alignment {alignment!r} is not a power of two")
+        end = 0
+        for _ in range(n_tensors):
+            name = self._string()
+            n_dims = self._unpack("I")
+            if not 1 <= n_dims <= _MAX_DIMS:
+                raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
+            elements = 1
+            for _ in range(n_dims):
+                elements *= self._unpack("Q")
+            type_id = self._unpack("I")
+            offset = self._unpack("Q")
+            try:
+                block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)]
+            except (ValueError, KeyError):
+                continue  # a type newer than this gguf package: llama.cpp judges that tensor
+            if elements % block:
+                raise ValueError(f"tensor {name!r} is not a whole number of blocks")
+            end = max(end, offset + elements // block * block_bytes)
+        data_start = -(-self.pos // alignment) * alignment
+        return data_start + end
 
     def _unpack(self, fmt: str) -> Any:
         full = self.endian + fmt
@@ -171,7 +222,7 @@ class _HeaderParser:
         length = self._unpack("Q")
         end = self.pos + length
         if end > len(self.buf):
-            raise ValueError("a string runs past the end of the file")
+            raise _RunsPastTheEnd("a string runs past the end of the file")
         text = self.buf[self.pos : end].decode("utf-8")
         self.pos = end
         return text

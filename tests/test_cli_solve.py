@@ -223,7 +223,7 @@ def test_real_small_model_as_draft_target_and_judge_answers_42(
         (lambda path: path.write_bytes(b"<html>Not found</html>"), "is not a GGUF file; put target.gguf back there."),
         (  # the loader's own check of the header
             lambda path: path.write_bytes(path.read_bytes()[:3000]),
-            "the file is truncated or damaged inside its header (3000 bytes); download it again.",
+            "the file is cut short inside its header (3,000 bytes); download it again.",
         ),
     ],
 )

@@ -148,7 +148,7 @@ def test_a_truncated_file(tiny_qwen: Path, tmp_path: Path, keep: float) -> None:
     data = tiny_qwen.read_bytes()
     path = tmp_path / "cut.gguf"
     path.write_bytes(data[: int(len(data) * keep)])
-    with pytest.raises(ModelLoadError, match=f"cannot load {path}: the file is truncated"):
+    with pytest.raises(ModelLoadError, match=f"cannot load {path}: the file is cut short"):
         LlamaModel(path)
 
 

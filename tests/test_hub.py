@@ -349,19 +349,27 @@ def test_a_file_the_hub_serves_with_a_damaged_header_is_never_reported_ready(tin
         code, out, err = run(capsys, "download", "test-org/damaged-GGUF", "--file", "damaged-Q4_K_M.gguf")
         assert code == 2 and out == ""
         line = one_error_line(err)
-        assert "damaged-Q4_K_M.gguf has a damaged GGUF header, so it was deleted" in line
+        assert "damaged-Q4_K_M.gguf is cut short inside its header (2,000 bytes), so it was deleted" in line
         assert "test-org/damaged-GGUF serves it damaged, so choose another of its GGUF files with --file" in line
         assert cached("test-org/damaged-GGUF", "damaged-Q4_K_M.gguf") is None
     assert "damaged-q4_k_m" not in load_catalog().models  # never registered
 
 
-def test_a_cached_file_with_a_damaged_header_is_downloaded_again(tiny: Tiny, capsys) -> None:
+@pytest.mark.parametrize(
+    ("cut", "says"),
+    [
+        (lambda data: data[:3000], "is cut short inside its header (3,000 bytes)"),
+        (lambda data: data[:-4096], "is cut short ("),  # the last tensor's bytes are missing
+    ],
+    ids=["in-the-header", "in-the-tensors"],
+)
+def test_a_cut_cached_file_is_downloaded_again(tiny: Tiny, capsys, cut: Callable[[bytes], bytes], says: str) -> None:
     assert run(capsys, "download", "tiny-llama")[0] == 0  # tiny-llama pins no sha256
     blob = cached(LLAMA_REPO, LLAMA_FILE).resolve()
-    blob.write_bytes(tiny.llama[:3000])  # cut inside the header, as a crash of an older copy would leave it
+    blob.write_bytes(cut(tiny.llama))  # as a crash or a full disk under an older copy would leave it
     code, out, err = run(capsys, "download", "tiny-llama")
     assert code == 0, err
-    assert "has a damaged GGUF header; its cache entry was deleted" in err and "Downloading it again" in err
+    assert f"{says}" in err and "its cache entry was deleted" in err and "Downloading it again" in err
     assert "update `sha256`" not in err  # a damaged header is no matter of which file is wanted
     assert cached(LLAMA_REPO, LLAMA_FILE).read_bytes() == tiny.llama
     assert f"tiny-llama: {cached(LLAMA_REPO, LLAMA_FILE)}" in out

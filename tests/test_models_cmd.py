@@ -97,3 +97,35 @@ def test_a_broken_user_catalog_is_one_sentence(hub_env: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and "not valid TOML" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda data: data[: len(data) - 1000], r"is cut short \([\d,]+ of the [\d,]+ bytes its header describes\)"),
+        (lambda data: data[:2000], r"is cut short inside its header \(2,000 bytes\)"),
+        (lambda data: b"<html>Sign in</html>", r"is not a GGUF file"),
+    ],
+    ids=["cut-in-the-tensors", "cut-in-the-header", "not-gguf"],
+)
+def test_a_damaged_file_is_listed_as_damaged_and_its_preset_not_ready(
+    catalog: Path, capsys, monkeypatch, damage: Callable[[bytes], bytes], problem: str
+) -> None:
+    # A file nothing has verified yet (put there by hand, or cut off by a full disk)
+    # is read each time `models` lists it; a preset that needs it is not ready.
+    dev = catalog / "models" / "dev-q4_k_m.gguf"
+    dev.write_bytes(damage(dev.read_bytes()))
+    code, out = run(capsys, "models", "--json")
+    listing = json.loads(out)
+    assert code == 0
+    assert re.fullmatch(problem, listing["models"]["dev"]["problem"])
+    assert listing["models"]["own"]["problem"] is None
+    assert listing["presets"]["local"]["ready"] is False  # needs dev
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out = run(capsys, "models")
+    flat = " ".join(out.split())  # the cell wraps at spaces
+    assert re.search(
+        r"damaged: \S+dev-q4_k_m\.gguf " + problem + "; fetch it again with `scripts/fetch-dev-models.sh`", flat
+    )
+    dev.write_bytes(b"")
+    assert json.loads(run(capsys, "models", "--json")[1])["models"]["dev"]["problem"] == "is not a GGUF file"
