@@ -408,6 +408,58 @@ async def _cancel_with(key: str) -> None:
         assert "cancelled" in str(app.query_one("#answer-stats", Static).render())
 
 
+async def test_escape_during_a_deferral_stops_within_a_second_and_keeps_the_steps_before_it() -> None:
+    # The deferred step is the target writing a step itself, the longest model call
+    # of a SPECS step; from the deferral on, each of its tokens takes 0.2 s of wall
+    # time, so it would run for seconds if the stop did not reach inside it.
+    events, _ = recorded_run()
+    deferral = next(i for i, e in enumerate(events) if isinstance(e, Deferred))
+    kept = [e.text for e in events[:deferral] if isinstance(e, StepAccepted)]
+    in_deferral = threading.Event()
+
+    def deferring_slowly(*args: Any, emit: Callable[[Event], None], **kwargs: Any) -> Finished:
+        def tee(event: Event) -> None:
+            if isinstance(event, Deferred):
+                in_deferral.set()
+            emit(event)
+
+        return run(*args, emit=tee, **kwargs)
+
+    app = make_app(search=deferring_slowly)
+    target = app.scripted.target
+    spend = target._spend
+
+    def slow_in_the_deferral(seconds: float) -> None:
+        spend(seconds)
+        if in_deferral.is_set():
+            time.sleep(0.2)
+
+    target._spend = slow_in_the_deferral
+    async with app.run_test(size=SNAPSHOT_SIZE) as pilot:
+        deferrals = app.query_one(DeferralLog)
+        await ask(pilot)
+        await wait_until(pilot, lambda: any("→ target" in entry for entry in deferrals.entries))
+        await pilot.pause(0.3)  # into the target's step
+        assert app.jobs.last_ended is None
+        pressed = time.monotonic()
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: app.jobs.last_ended is not None, timeout=5)
+        stopped_after = time.monotonic() - pressed
+        assert stopped_after < 1.0, f"stopped {stopped_after:.2f} s after Esc"
+        (outcome,) = app.jobs.last_ended.outcomes
+        assert outcome.finished.cancelled and outcome.finished.answer is None
+        assert kept and all(text in outcome.finished.solution for text in kept)  # the steps before it
+        assert app.scripted.live == 0
+        assert any("→ target" in entry for entry in deferrals.entries)  # the log still says why
+        assert "cancelled" in str(app.query_one("#answer-stats", Static).render())
+
+        in_deferral.clear()  # the next question runs at full speed, to its answer
+        target._spend = spend
+        ended = await solve(pilot)
+        (outcome,) = ended.outcomes
+        assert not outcome.finished.cancelled and outcome.finished.answer == "42"
+
+
 async def test_quitting_mid_search_lets_the_thread_finish_before_the_models_close() -> None:
     engines = scripted_engines()
     live_at_close: list[int] = []
