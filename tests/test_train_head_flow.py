@@ -4,6 +4,7 @@ teacher forcing, the fit and its report, resumed work and bad input."""
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from test_cli_solve import write_catalog
 
 from app.cli import main
 from app.eval.datasets import Problem
-from app.eval.rollouts import RolloutPlan
-from app.eval.train_head import HeadTraining, fit_and_report
+from app.eval.head_fit import split_by_problem
+from app.eval.rollouts import Rollout, RolloutPlan, continuations_right
+from app.eval.train_head import HeadTraining, fit_and_report, monte_carlo_labels
 from engines.testing.scripted import Continuation, ScriptedModel, ScriptedReward
 
 RIGHT = "Add 12 and 30.\n\n"
@@ -106,3 +108,77 @@ def test_train_head_with_one_kind_of_label_is_one_sentence(
     assert code == 2 and "right and wrong" in err and "Traceback" not in err
     assert (tmp_path / "head.safetensors.work" / "rollouts.jsonl").exists()
     assert not out.exists()
+
+
+THINK = "Think about it.\n\n"
+UNDECIDED = {  # the first step says nothing yet: 60% of what follows it is right
+    "": (Continuation(THINK, -0.1),),
+    THINK: (Continuation(RIGHT, math.log(0.6)), Continuation(WRONG, math.log(0.4))),
+    RIGHT: SCRIPT[RIGHT],
+    WRONG: SCRIPT[WRONG],
+}
+
+
+def test_monte_carlo_labels_measure_what_follows_each_step(tmp_path: Path) -> None:
+    problems = [Problem(f"p{i}", "What is 12 + 30?", "42") for i in range(40)]
+    draft = ScriptedModel("draft", UNDECIDED)
+    target = ScriptedModel("target", UNDECIDED, states=_state)
+    plans = [RolloutPlan("draft", 1.0, 2)]
+    training = HeadTraining(tmp_path / "work", problems, plans, mc=8, mc_steps=1000)
+    writers = {"draft": draft, "target": target}
+    rollouts = training.sample(writers)
+    features = training.features(target, rollouts)
+    right = training.monte_carlo(writers, rollouts, features)
+    steps = {key: features.keys.index(key) for key in right}
+    text = {f"{r.problem}/{r.plan}/{r.sample}/{i}": step for r in rollouts for i, step in enumerate(r.steps)}
+    # Only the problems the head is fitted on, never a solution's last step (its outcome is its label).
+    test_problems = {p for p, held in zip(features.problems, split_by_problem(features.problems).test) if held}
+    assert right and not {key.split("/")[0] for key in right} & test_problems
+    assert all(text[key] in (THINK, RIGHT, WRONG) and features.step_index[i] < 2 for key, i in steps.items())
+    # After the right or the wrong step every continuation agrees with it; after the
+    # undecided one about 60% reach 42, whichever way its own solution went.
+    assert {right[key] for key in right if text[key] == RIGHT} == {8}
+    assert {right[key] for key in right if text[key] == WRONG} == {0}
+    undecided = [right[key] / 8 for key in right if text[key] == THINK]
+    assert len(undecided) > 20 and np.mean(undecided) == pytest.approx(0.6, abs=0.08)
+    labels = monte_carlo_labels(features, right, 8)
+    outcome = features.labels
+    for key, i in steps.items():
+        assert labels[i] == pytest.approx((outcome[i] + right[key]) / 9)
+    unlabelled = np.array([key not in right for key in features.keys])
+    assert (labels[unlabelled] == outcome[unlabelled]).all()
+    report = fit_and_report(features, model_sha256="ab" * 32, labels=labels)
+    assert report.table["value head"]["auc"] is not None and report.table["value head"]["auc"] > 0.9
+    assert draft.live == 0 and target.live == 0
+    # Kept on disk: the same call samples nothing again; another k is another label.
+    calls = draft.usage.calls
+    assert training.monte_carlo(writers, rollouts, features) == right
+    assert draft.usage.calls == calls
+    lines = (tmp_path / "work" / "monte-carlo.jsonl").read_text().splitlines()
+    assert len(lines) == len(right) and all(json.loads(line)["k"] == 8 for line in lines)
+
+
+def test_a_last_step_has_no_monte_carlo_label() -> None:
+    model = ScriptedModel("m", SCRIPT)
+    rollout = Rollout("p", "draft@1", 0, [RIGHT, "The answer is \\boxed{42}."], [[1], [2]], "42", False, True, "eos")
+    with pytest.raises(ValueError, match="last step"):
+        continuations_right(model, Problem("p", "q", "42"), rollout, 1, RolloutPlan("draft", 1.0, 1), 4)
+
+
+def test_train_head_with_monte_carlo_labels_on_tiny_models(
+    tmp_path: Path, tiny_qwen: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(write_catalog(tmp_path / "m.toml", tiny_qwen, tiny_qwen)))
+    monkeypatch.setenv("SPECS_LOCAL_THREADS", "1")
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(json.dumps({"id": f"q{i}", "problem": "What is 1 + 1?", "answer": "2"}) + "\n" for i in range(8))
+    )
+    out = tmp_path / "head.safetensors"
+    args = ["train-head", "--preset", "tiny", "--dataset", str(data), "--out", str(out), "--no-judge"]
+    code = main([*args, "--plans", "target@1.5*2", "--mc", "2", "--mc-steps", "3"])
+    err = capsys.readouterr().err
+    # Random weights never write 2, so the fit refuses, after the labels are made and kept.
+    assert code == 2 and "right and wrong" in err and "Traceback" not in err
+    lines = [json.loads(line) for line in (tmp_path / "head.safetensors.work" / "monte-carlo.jsonl").open()]
+    assert 1 <= len(lines) <= 3 and all(line["k"] == 2 and line["right"] == 0 for line in lines)

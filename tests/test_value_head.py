@@ -37,6 +37,20 @@ def test_logistic_fit_reaches_the_optimum() -> None:
     assert w[0] > 1 and w[1] < -0.5 and abs(w[2]) < 0.3
 
 
+def test_soft_labels_recover_the_logit_they_were_drawn_from() -> None:
+    # Monte-Carlo labels: each step's share of right endings. With balanced classes
+    # (mean label 0.5) the class weights are equal and the fit is plain logistic
+    # regression on the shares, whose optimum is the logit that made them.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4000, 2))
+    share = 1 / (1 + np.exp(-(x @ np.array([1.5, -0.5]))))
+    y = rng.binomial(8, share) / 8  # 8 continuations per step
+    w, b = fit_logistic(x, y, l2=1e-6)
+    assert w == pytest.approx([1.5, -0.5], abs=0.1) and abs(b) < 0.1
+    hard = fit_logistic(x, (y > 0.5).astype(float), l2=1e-6)[0]
+    assert abs(hard[0]) > 2.0  # thresholding the shares would overstate the slope
+
+
 def test_one_label_is_refused() -> None:
     with pytest.raises(ValueError, match="same grade"):
         fit_logistic(np.ones((5, 2)), np.ones(5), 0.1)

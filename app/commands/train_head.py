@@ -106,6 +106,22 @@ def parse_rows(text: str) -> tuple[int, int | None]:
     show_default=True,
     help="Held-out steps the judge scores (a model call each), e.g. --judge-steps 100.",
 )
+@click.option(
+    "--mc",
+    type=click.IntRange(0, 32),
+    default=0,
+    show_default=True,
+    help="Monte-Carlo labels: solutions written on from each step (by the model that wrote it) to label it"
+    " with their share of right answers; 0 labels each step with its own solution's outcome. Costs"
+    " about that many solutions per step, e.g. --mc 4.",
+)
+@click.option(
+    "--mc-steps",
+    type=click.IntRange(1),
+    default=300,
+    show_default=True,
+    help="Most steps that get Monte-Carlo labels (the others keep their outcome), e.g. --mc-steps 1000.",
+)
 @runtime_options
 @yes_option()
 def command(
@@ -117,6 +133,8 @@ def command(
     plans: str,
     judge: bool,
     judge_steps: int,
+    mc: int,
+    mc_steps: int,
     threads: int | None,
     gpu_layers: int | None,
     yes: bool,
@@ -128,13 +146,15 @@ def command(
     answer; the target's hidden state at each step end is the feature of an
     L2-regularised logistic regression. The output shows the head's AUC on
     held-out problems beside the judge's, the mean target log-probability's
-    and the arithmetic check's. Ctrl-C keeps every finished rollout; the same
-    command resumes.
+    and the arithmetic check's. With --mc K a step's label is instead the share
+    of right answers among K solutions written on from it. Ctrl-C keeps every
+    finished rollout; the same command resumes.
 
     \b
     Examples:
       specs-local train-head --preset cpu-dev --dataset gsm8k --rows 200: --out heads/cpu-dev.safetensors
       specs-local train-head --preset laptop --dataset gsm8k --rows 200: --limit 500 --out ~/heads/qwen-math-7b.safetensors
+      specs-local train-head --preset cpu-dev --dataset gsm8k --rows 200: --mc 4 --out heads/cpu-dev-mc.safetensors
     """
     from app.config import load_catalog
     from app.eval.datasets import load_dataset
@@ -161,25 +181,49 @@ def command(
     ready = ensure_files(chosen, Consent(assume_yes=yes, interactive=True))
     runtime = RuntimeOptions(threads=threads, gpu_layers=gpu_layers)
     return _train(
-        ready, problems, rollout_plans, out, runtime, judge=judge, judge_steps=judge_steps, dataset=dataset, rows=rows
+        ready,
+        problems,
+        rollout_plans,
+        out,
+        runtime,
+        judge=judge,
+        judge_steps=judge_steps,
+        mc=mc,
+        mc_steps=mc_steps,
+        dataset=dataset,
+        rows=rows,
     )
 
 
 def _train(
     ready: Any, problems: list[Any], plans: list[Any], out: Path, runtime: RuntimeOptions, **options: Any
 ) -> int:
-    from app.eval.train_head import HeadTraining, fit_and_report
+    from app.eval.train_head import HeadTraining, fit_and_report, monte_carlo_labels
     from app.hub import sha256_of
     from app.runtime import open_training_models
 
     work = out.with_name(out.name + ".work")
     progress = _RichProgress()
-    training = HeadTraining(work, problems, plans, progress=progress.hooks(), judge_steps=options["judge_steps"])
+    training = HeadTraining(
+        work,
+        problems,
+        plans,
+        progress=progress.hooks(),
+        judge_steps=options["judge_steps"],
+        mc=options["mc"],
+        mc_steps=options["mc_steps"],
+    )
     t0 = time.monotonic()
     try:
         with progress, open_training_models(ready, threads=runtime.threads, n_gpu_layers=runtime.gpu_layers) as models:
-            rollouts = training.sample({"draft": models.draft, "target": models.target})
+            writers = {"draft": models.draft, "target": models.target}
+            rollouts = training.sample(writers)
             features = training.features(models.target, rollouts)
+            labels, labelled = None, "each step: its solution's outcome"
+            if training.mc:
+                right = training.monte_carlo(writers, rollouts, features)
+                labels = monte_carlo_labels(features, right, training.mc)
+                labelled = f"Monte-Carlo: {training.mc} solutions written on from each of {len(right)} steps"
             judge_fn = None
             if options["judge"]:
                 held = models.judge
@@ -192,7 +236,9 @@ def _train(
                 features,
                 model_sha256=sha,
                 judge=judge_fn,
+                labels=labels,
                 info={
+                    "labels": labelled,
                     "dataset": options["dataset"],
                     "rows": options["rows"],
                     "plans": [p.key + f"*{p.samples}" for p in plans],

@@ -53,12 +53,14 @@ def fit_logistic(
     x: np.ndarray, y: np.ndarray, l2: float, *, max_iter: int = 50, tol: float = 1e-8
 ) -> tuple[np.ndarray, float]:
     """Weights and bias minimising mean log-loss + l2 |w|^2 / 2 (bias not
-    penalised), classes weighted to count equally."""
+    penalised), the right and the wrong side weighted to count equally. Labels
+    may be soft (a Monte-Carlo share of right endings): each step then counts
+    on both sides, by its share."""
     n, d = x.shape
-    pos = y.mean()
-    if pos in (0.0, 1.0):
+    pos = float(y.mean())
+    if pos <= 0.0 or pos >= 1.0:
         raise ValueError("every solution has the same grade; a head needs right and wrong solutions to learn from")
-    sample_w = np.where(y > 0.5, 0.5 / pos, 0.5 / (1 - pos)) / n
+    w_right, w_wrong = 0.5 / pos / n, 0.5 / (1 - pos) / n
     xb = np.hstack([x, np.ones((n, 1))])
     theta = np.zeros(d + 1)
     theta[-1] = math.log(pos / (1 - pos))
@@ -67,8 +69,11 @@ def fit_logistic(
     for _ in range(max_iter):
         z = xb @ theta
         p = 1.0 / (1.0 + np.exp(-z))
-        grad = xb.T @ (sample_w * (p - y)) + penalty * theta
-        hess = (xb * (sample_w * p * (1 - p))[:, None]).T @ xb + np.diag(penalty + 1e-10)
+        # d/dz of -(w_right y log p + w_wrong (1 - y) log(1 - p))
+        residual = w_wrong * (1 - y) * p - w_right * y * (1 - p)
+        curvature = (w_right * y + w_wrong * (1 - y)) * p * (1 - p)
+        grad = xb.T @ residual + penalty * theta
+        hess = (xb * curvature[:, None]).T @ xb + np.diag(penalty + 1e-10)
         delta = np.linalg.solve(hess, grad)
         theta -= delta
         if float(np.abs(delta).max()) < tol:
@@ -108,15 +113,24 @@ class HeadFit:
     valid_auc: dict[float, float | None]  # per L2 strength tried
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, split: Split, grid: Sequence[float] = L2_GRID) -> HeadFit:
-    """Choose L2 by validation AUC, then refit on train + validation."""
+def fit_head(
+    x: np.ndarray,
+    y: np.ndarray,
+    split: Split,
+    grid: Sequence[float] = L2_GRID,
+    *,
+    eval_labels: np.ndarray | None = None,
+) -> HeadFit:
+    """Choose L2 by validation AUC (against `eval_labels`, the outcomes, when `y`
+    is soft), then refit on train + validation."""
+    graded = y if eval_labels is None else eval_labels
     fit_rows = split.train | split.valid
     mean, std = standardiser(x[fit_rows])
     z = (x - mean) / std
     valid_auc: dict[float, float | None] = {}
     for l2 in grid:
         w, b = fit_logistic(z[split.train], y[split.train], l2)
-        valid_auc[l2] = auc(z[split.valid] @ w + b, y[split.valid])
+        valid_auc[l2] = auc(z[split.valid] @ w + b, graded[split.valid])
     best = max(grid, key=lambda l2: (valid_auc[l2] if valid_auc[l2] is not None else -1.0, l2))
     w, b = fit_logistic(z[fit_rows], y[fit_rows], best)
     return HeadFit(w, b, mean, std, best, valid_auc)

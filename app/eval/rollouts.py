@@ -120,21 +120,61 @@ def _problem_rollouts(
     model: LanguageModel, problem: Problem, plan: RolloutPlan, should_stop: StopFn | None
 ) -> list[Rollout]:
     root = model.start(model.format_chat(SYSTEM_PROMPT, problem.problem))
-    held: list[Seq] = [root]
     try:
-        seqs: list[Seq] = []
-        for _ in range(plan.samples):
-            seqs.append(model.fork(root))
-            held.append(seqs[-1])
-        steps: list[list[str]] = [[] for _ in seqs]
-        tokens: list[list[list[int]]] = [[] for _ in seqs]
-        stops: list[str | None] = [None] * len(seqs)
         seed = zlib.crc32(f"{problem.id}/{plan.key}/{plan.seed}".encode())
-        for step in range(plan.max_steps):
-            live = [i for i, stop in enumerate(stops) if stop is None]
+        written = _write_on(model, root, plan.samples, plan, plan.max_steps, seed, should_stop)
+    finally:
+        model.release(root)
+    return [
+        Rollout(
+            problem=problem.id,
+            plan=plan.key,
+            sample=i,
+            steps=w.steps,
+            step_tokens=w.tokens,
+            answer=w.answer,
+            answer_forced=w.forced,
+            correct=grade_answer(w.answer, problem.answer).correct,
+            stop=w.stop,
+        )
+        for i, w in enumerate(written)
+    ]
+
+
+@dataclass
+class _Written:
+    """One solution (or the rest of one) written by `_write_on`."""
+
+    steps: list[str]
+    tokens: list[list[int]]
+    stop: str = "steps"
+    answer: str | None = None
+    forced: bool = False
+
+
+def _write_on(
+    model: LanguageModel,
+    start: Seq,
+    samples: int,
+    plan: RolloutPlan,
+    steps_left: int,
+    seed: int,
+    should_stop: StopFn | None,
+) -> list[_Written]:
+    """`samples` solutions continuing `start`, step by step as the search cuts
+    steps, at most `steps_left` steps each, each with its answer (forced when it
+    wrote no box). `start` stays the caller's."""
+    seqs: list[Seq] = []
+    try:
+        for _ in range(samples):
+            seqs.append(model.fork(start))
+        written = [_Written([], []) for _ in seqs]
+        done = [False] * len(seqs)
+        for step in range(steps_left):
+            live = [i for i, finished in enumerate(done) if not finished]
             if not live:
                 break
-            last = step == plan.max_steps - 1
+            last = step == steps_left - 1
             params = SampleParams(
                 temperature=plan.temperature,
                 max_tokens=plan.max_step_tokens,
@@ -144,40 +184,51 @@ def _problem_rollouts(
             # k=1 per sequence, one call for all: every sample advances together.
             groups = model.sample([seqs[i] for i in live], 1, params, should_stop=should_stop)
             for i, [continuation] in zip(live, groups, strict=True):
-                held.remove(seqs[i])
                 model.release(seqs[i])
                 seqs[i] = continuation.seq
-                held.append(seqs[i])
-                steps[i].append(continuation.text)
-                tokens[i].append(list(continuation.tokens))
+                written[i].steps.append(continuation.text)
+                written[i].tokens.append(list(continuation.tokens))
                 # A step cut at its token cap goes on at the next step, as in the search.
                 if continuation.stop is StopReason.EOS or (last and continuation.stop is StopReason.LENGTH):
-                    stops[i] = continuation.stop.value
+                    written[i].stop, done[i] = continuation.stop.value, True
                 elif last_boxed(continuation.text) is not None:
-                    stops[i] = "answer"
-        rollouts = []
-        for i, seq in enumerate(seqs):
-            answer = last_boxed("".join(steps[i]))
-            forced = answer is None
-            if forced:
-                answer = force_answer(model, seq, should_stop=should_stop).answer
-            rollouts.append(
-                Rollout(
-                    problem=problem.id,
-                    plan=plan.key,
-                    sample=i,
-                    steps=steps[i],
-                    step_tokens=tokens[i],
-                    answer=answer,
-                    answer_forced=forced,
-                    correct=grade_answer(answer, problem.answer).correct,
-                    stop=stops[i] or "steps",
-                )
-            )
-        return rollouts
+                    written[i].stop, done[i] = "answer", True
+        for seq, w in zip(seqs, written, strict=True):
+            w.answer = last_boxed("".join(w.steps))
+            if w.answer is None:
+                w.forced = True
+                w.answer = force_answer(model, seq, should_stop=should_stop).answer
+        return written
     finally:
-        for seq in held:
+        for seq in seqs:
             model.release(seq)
+
+
+def continuations_right(
+    model: LanguageModel,
+    problem: Problem,
+    rollout: Rollout,
+    step: int,
+    plan: RolloutPlan,
+    k: int,
+    *,
+    should_stop: StopFn | None = None,
+) -> int:
+    """Monte-Carlo label of a step: how many of `k` solutions that `model` writes
+    on from the rollout's first `step + 1` steps reach the right answer (the
+    rollout's plan: its temperature, step caps and the steps it had left)."""
+    steps_left = plan.max_steps - (step + 1)
+    if steps_left <= 0 or step >= len(rollout.steps) - 1:
+        raise ValueError("a rollout's last step has nothing to continue; its label is the rollout's own")
+    prefix = [token for tokens in rollout.step_tokens[: step + 1] for token in tokens]
+    seq = model.start(model.format_chat(SYSTEM_PROMPT, problem.problem))
+    try:
+        model.extend(seq, prefix, should_stop=should_stop)
+        seed = zlib.crc32(f"{problem.id}/{rollout.plan}/{rollout.sample}/{step}/mc".encode())
+        written = _write_on(model, seq, k, plan, steps_left, seed, should_stop)
+    finally:
+        model.release(seq)
+    return sum(grade_answer(w.answer, problem.answer).correct for w in written)
 
 
 def problems_after(problems: Iterable[Problem], skip: int) -> list[Problem]:

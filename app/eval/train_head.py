@@ -6,7 +6,9 @@ Everything expensive is kept in a work folder beside the head file
 - `rollouts.jsonl`: the sampled solutions (see `app.eval.rollouts`);
 - `features/NNNN.npz`: the target's hidden state and the comparison signals
   of every step, a file per batch of rollouts;
-- `judge.json`: the judge's reward of held-out steps, for the AUC table.
+- `judge.json`: the judge's reward of held-out steps, for the AUC table;
+- `monte-carlo.jsonl`: with Monte-Carlo labels, how many of k solutions
+  written on from a step reached the right answer, a line per step.
 
 The fit itself takes seconds and is redone each run.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ import numpy as np
 from app.eval.datasets import Problem
 from app.eval.head_features import StepFeatures, rollout_features
 from app.eval.head_fit import auc_table, fit_head, split_by_problem
-from app.eval.rollouts import Rollout, RolloutPlan, read_rollouts, sample_rollouts
+from app.eval.rollouts import Rollout, RolloutPlan, continuations_right, read_rollouts, sample_rollouts
 from engines.base import LanguageModel, RewardModel, RewardQuery, StopFn
 from engines.value_head import ValueHead
 
@@ -34,6 +37,8 @@ FEATURE_BATCH = 16
 # Held-out steps the judge scores for the comparison (it costs a model call each).
 JUDGE_STEPS = 300
 JUDGE_BATCH = 8
+# Steps that get Monte-Carlo labels by default: each costs k solutions' worth of sampling.
+MONTE_CARLO_STEPS = 300
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,9 @@ class HeadTraining:
     progress: Progress = field(default_factory=Progress)
     should_stop: StopFn | None = None
     judge_steps: int = JUDGE_STEPS
+    # Monte-Carlo labels: k solutions written on from each of up to `mc_steps` steps.
+    mc: int = 0
+    mc_steps: int = MONTE_CARLO_STEPS
 
     @property
     def rollouts_path(self) -> Path:
@@ -154,6 +162,72 @@ class HeadTraining:
             out[i] = cache[features.keys[i]]
         return out
 
+    def monte_carlo(
+        self, models: Mapping[str, LanguageModel | None], rollouts: Sequence[Rollout], features: StepFeatures
+    ) -> dict[str, int]:
+        """Monte-Carlo labels (right continuations of `mc`, by step key) of up to
+        `mc_steps` steps of the problems the head is fitted on, cached. A step is
+        continued by the model and plan that wrote its rollout, at the
+        rollout's temperature: the value of a prefix under the search's own
+        writers, where the outcome label counts only the one ending sampled."""
+        path = self.work / "monte-carlo.jsonl"
+        done = _read_monte_carlo(path, self.mc)
+        by_key = {f"{r.problem}/{r.plan}/{r.sample}": r for r in rollouts}
+        plans = {plan.key: plan for plan in self.plans}
+        problems = {p.id: p for p in self.problems}
+        split = split_by_problem(features.problems)
+        fitted = split.train | split.valid
+        open_steps = [
+            i
+            for i in np.flatnonzero(fitted)
+            if features.step_index[i] < len(by_key[features.keys[i].rsplit("/", 1)[0]].steps) - 1
+        ]
+        chosen = open_steps
+        if len(chosen) > self.mc_steps:
+            chosen = sorted(np.random.default_rng(0).choice(open_steps, self.mc_steps, replace=False))
+        todo = [i for i in chosen if features.keys[i] not in done]
+        self.progress.phase("monte-carlo", len(chosen), len(chosen) - len(todo))
+        for i in todo:
+            key = features.keys[i]
+            rollout_key, step = key.rsplit("/", 1)
+            rollout = by_key[rollout_key]
+            plan = plans[rollout.plan]
+            model = models[plan.source]
+            assert model is not None, "rollouts come from the roles the preset has"
+            right = continuations_right(
+                model, problems[rollout.problem], rollout, int(step), plan, self.mc, should_stop=self.should_stop
+            )
+            with path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "k": self.mc, "right": right}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            done[key] = right
+            self.progress.advance(1)
+        return {features.keys[i]: done[features.keys[i]] for i in chosen}
+
+
+def _read_monte_carlo(path: Path, k: int) -> dict[str, int]:
+    """The labels of `path` made with `k` continuations; a line cut by a crash is dropped."""
+    done: dict[str, int] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+            if not line.endswith("\n"):
+                break
+            entry = json.loads(line)
+            if entry["k"] == k:
+                done[entry["key"]] = int(entry["right"])
+    return done
+
+
+def monte_carlo_labels(features: StepFeatures, right: Mapping[str, int], k: int) -> np.ndarray:
+    """Soft labels: a step with Monte-Carlo continuations gets the share of right
+    endings among its own and the k written on; the others keep their outcome."""
+    labels = features.labels.astype(np.float64).copy()
+    for i, key in enumerate(features.keys):
+        if key in right:
+            labels[i] = (labels[i] + right[key]) / (k + 1)
+    return labels
+
 
 def fit_and_report(
     features: StepFeatures,
@@ -161,10 +235,18 @@ def fit_and_report(
     model_sha256: str,
     judge: Callable[[np.ndarray], np.ndarray] | None = None,
     info: dict[str, Any] | None = None,
+    labels: np.ndarray | None = None,
 ) -> HeadReport:
-    """Fit the head and measure it against the other signals on held-out problems."""
+    """Fit the head (on `labels`, soft ones from `monte_carlo_labels`, or each
+    step's outcome) and measure it against the other signals on held-out
+    problems, always against the outcome: what the search is graded on."""
     split = split_by_problem(features.problems)
-    fit = fit_head(features.states.astype(np.float64), features.labels, split)
+    fit = fit_head(
+        features.states.astype(np.float64),
+        features.labels if labels is None else labels,
+        split,
+        eval_labels=features.labels,
+    )
     head = ValueHead(fit.weight, fit.bias, fit.mean, fit.std, model_sha256)
     signals: dict[str, np.ndarray] = {"value head": head.logits(features.states.astype(np.float64))}
     if judge is not None:
