@@ -216,7 +216,9 @@ def open_training_models(
             _load(preset, target_instance, n_seq_max, threads, n_gpu_layers, hidden_states=True)
         )
         draft = None
-        if preset.draft is not None:
+        if (
+            preset.draft is not None and not preset.draft.entry.remote
+        ):  # train-head keeps served drafts out of its plans
             draft_instance = next(i for i in preset.instances() if "draft" in i.roles)
             draft = stack.enter_context(_load(preset, draft_instance, n_seq_max, threads, n_gpu_layers))
             check_shared_vocab(draft, target)

@@ -182,3 +182,49 @@ def test_train_head_with_monte_carlo_labels_on_tiny_models(
     assert code == 2 and "right and wrong" in err and "Traceback" not in err
     lines = [json.loads(line) for line in (tmp_path / "head.safetensors.work" / "monte-carlo.jsonl").open()]
     assert 1 <= len(lines) <= 3 and all(line["k"] == 2 and line["right"] == 0 for line in lines)
+
+
+def test_train_head_refuses_models_on_servers_before_any_rollout(
+    tmp_path: Path, tiny_qwen: Path, monkeypatch, capsys
+) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "q", "problem": "What is 1 + 1?", "answer": "2"}) + "\n")
+    catalog = tmp_path / "m.toml"
+    catalog.write_text(
+        f"""
+[models.local]
+path = "{tiny_qwen}"
+file = "{tiny_qwen.name}"
+
+[models.served]
+url = "http://127.0.0.1:9/v1"
+
+[presets.served-target]
+draft = "local"
+target = "served"
+reward = {{ kind = "judge", model = "served" }}
+
+[presets.served-draft]
+draft = "served"
+target = "local"
+reward = {{ kind = "judge", model = "local" }}
+""",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("SPECS_LOCAL_CONFIG", str(catalog))
+    out = tmp_path / "head.safetensors"
+    args = ["train-head", "--dataset", str(data), "--out", str(out), "--no-judge"]
+    for preset, extra, says in (
+        ("served-target", [], "reads the hidden states of the target served, which its server does not return"),
+        ("served-draft", [], "The draft served runs on a server"),
+    ):
+        code = main([*args, "--preset", preset, *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and says in err and "Traceback" not in err, err
+    assert not (tmp_path / "head.safetensors.work").exists()
+    # Without the draft in the plans the served draft is no matter: the target trains alone.
+    monkeypatch.setenv("SPECS_LOCAL_THREADS", "1")
+    code = main([*args, "--preset", "served-draft", "--plans", "target@1.5*1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Cannot fit a head:" in err and "Traceback" not in err  # one problem: nothing to fit
+    assert (tmp_path / "head.safetensors.work" / "rollouts.jsonl").exists()

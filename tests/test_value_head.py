@@ -56,6 +56,16 @@ def test_one_label_is_refused() -> None:
         fit_logistic(np.ones((5, 2)), np.ones(5), 0.1)
 
 
+def test_too_few_problems_to_fit_and_validate_are_refused() -> None:
+    x = np.random.default_rng(0).normal(size=(6, 2))
+    y = np.array([0.0, 1.0] * 3)
+    for problems in (["a"] * 6, ["a", "a", "b", "b", "c", "c"]):
+        split = split_by_problem(problems)
+        assert not (split.train.any() and split.valid.any())
+        with pytest.raises(ValueError, match="too few problems"):
+            fit_head(x, y, split)
+
+
 def test_split_keeps_each_problem_in_one_part() -> None:
     problems = [f"p{i // 5}" for i in range(500)]
     split = split_by_problem(problems)

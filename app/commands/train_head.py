@@ -171,6 +171,7 @@ def command(
         max_steps=settings.max_steps,
         max_step_tokens=settings.max_step_tokens,
     )
+    _check_local(chosen, rollout_plans)
     data = load_dataset(dataset, offset=start, limit=None if end is None else end - start)
     problems = data.problems[:limit] if limit else data.problems
     if not problems:
@@ -193,6 +194,23 @@ def command(
         dataset=dataset,
         rows=rows,
     )
+
+
+def _check_local(chosen: Any, plans: list[Any]) -> None:
+    """A head is trained on the target's hidden states and a file's sha256, and
+    rollouts are written here: models on servers can do neither."""
+    target = chosen.target.entry
+    if target.remote:
+        raise UserError(
+            f"train-head reads the hidden states of the target {target.name}, which its server does not return;"
+            " train the head with a preset whose target is the model's GGUF file on this machine."
+        )
+    draft = chosen.draft.entry if chosen.draft is not None else None
+    if draft is not None and draft.remote and any(plan.source == "draft" for plan in plans):
+        raise UserError(
+            f"The draft {draft.name} runs on a server and train-head writes rollouts on this machine;"
+            " leave it out of --plans (e.g. --plans target@0.8*2) or use a preset with a local draft."
+        )
 
 
 def _train(

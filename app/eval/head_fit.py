@@ -124,6 +124,14 @@ def fit_head(
     """Choose L2 by validation AUC (against `eval_labels`, the outcomes, when `y`
     is soft), then refit on train + validation."""
     graded = y if eval_labels is None else eval_labels
+    fitted = y[split.train | split.valid]
+    if len(fitted) and (fitted.min() == fitted.max()):
+        raise ValueError("every solution has the same grade; a head needs right and wrong solutions to learn from")
+    if not split.train.any() or not split.valid.any():
+        raise ValueError(
+            "too few problems to fit a head and choose its regularisation on others"
+            " (a quarter of the problems is held out, a fifth of the rest validates)"
+        )
     fit_rows = split.train | split.valid
     mean, std = standardiser(x[fit_rows])
     z = (x - mean) / std
