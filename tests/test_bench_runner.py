@@ -94,7 +94,7 @@ def test_every_problem_and_method_gets_one_line(tmp_path: Path) -> None:
         assert list(row) == [
             "id", "method", "search", "seed", "answer", "reference", "correct", "judge", "latency",
             "wall_seconds", "overhead_seconds", "models", "steps", "draft_steps", "target_steps",
-            "deferrals", "switches", "acceptance", "error",
+            "deferrals", "switches", "answer_forced", "acceptance", "error",
         ]  # fmt: skip
         assert list(row["models"]["target"]) == ["seconds", "native_seconds", "generated", "prefilled"]
         assert row["answer"] == "42"
@@ -106,6 +106,7 @@ def test_every_problem_and_method_gets_one_line(tmp_path: Path) -> None:
         assert row["latency"] > 0
         assert set(row["models"]) >= {"target", "reward"}
         assert row["steps"] == row["draft_steps"] + row["target_steps"]
+        assert row["answer_forced"] is False  # the scripted solutions end in a box
     specs = next(r for r in rows if r["method"] == "specs")
     assert specs["models"]["draft"]["generated"] > 0
     assert specs["deferrals"] == 1 and specs["acceptance"] == pytest.approx(specs["draft_steps"] / specs["steps"])

@@ -55,6 +55,7 @@ ROW_STATS = (
     "target_steps",
     "deferrals",
     "switches",
+    "answer_forced",
 )
 
 EnginesFactory = Callable[[], AbstractContextManager[Engines]]
@@ -430,6 +431,7 @@ def _failed(problem: Problem, latency: float, error: str) -> dict[str, Any]:
         "target_steps": 0,
         "deferrals": 0,
         "switches": 0,
+        "answer_forced": False,
         "acceptance": 0.0,
         "error": error,
     }
