@@ -9,23 +9,16 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 
 import click
 
 from app.config import ConfigError
 from app.errors import UserError
+from app.openmp import set_openmp_defaults
 
-# ggml's CPU backend runs each graph in a GNU OpenMP parallel region, whose
-# workers spin between regions unless told to sleep. Spinning burns a core
-# while the app waits for input and, on a machine with other work, takes the
-# CPU from the thread that decodes: scripts/omp_wait_policy.py measured two
-# short greedy solves on the 0.5B model at a median 8 s passive, 107 s active
-# and 153 s under libgomp's default (4 interleaved runs each, on 2 cores with a
-# load of 11-17). libgomp reads this when llama_cpp loads it, which is after
-# this module; a value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before llama_cpp loads libgomp, which reads them once (see app.openmp).
+set_openmp_defaults()
 
 COMMANDS = {
     "solve": "Solve one question with SPECS or a baseline, streaming the steps.",

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-# As app.cli sets it for the app, before any test module loads llama_cpp (whose
-# OpenMP reads it once): spinning workers make real-model tests crawl on a busy machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from app.openmp import set_openmp_defaults
+
+# As app.cli does for the app, before any test module loads llama_cpp (whose
+# OpenMP reads it once): long-spinning workers make real-model tests crawl on a busy machine.
+set_openmp_defaults()
 
 # fakehub holds fixtures and assertions shared by the hub tests.
 pytest.register_assert_rewrite("fakehub")

@@ -48,19 +48,24 @@ def test_a_search_runs_without_llama_cpp_or_textual() -> None:
     assert result.stdout.split() == ["42"]
 
 
-def test_the_command_line_makes_openmp_wait_passively_unless_told_otherwise() -> None:
+def test_the_command_line_makes_openmp_spin_briefly_unless_told_otherwise() -> None:
     code = (
         "import ctypes, sys\n"
         "import app.cli\n"
-        "assert 'llama_cpp' not in sys.modules  # libgomp is not loaded yet, so it will read the value\n"
+        "assert 'llama_cpp' not in sys.modules  # libgomp is not loaded yet, so it will read the values\n"
         "libc = ctypes.CDLL(None)\n"
         "libc.getenv.restype = ctypes.c_char_p\n"
-        "print(libc.getenv(b'OMP_WAIT_POLICY').decode())\n"
+        "print(*(libc.getenv(name) for name in (b'OMP_WAIT_POLICY', b'GOMP_SPINCOUNT')))\n"
     )
-    for given, seen in ((None, "PASSIVE"), ("active", "active")):
-        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-        if given:
-            env["OMP_WAIT_POLICY"] = given
-        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    cases = (
+        ({}, "None b'10000'"),
+        ({"OMP_WAIT_POLICY": "passive"}, "b'passive' None"),  # the user's choice wins
+        ({"GOMP_SPINCOUNT": "300000"}, "None b'300000'"),
+    )
+    for given, seen in cases:
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env={**env, **given}, capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == seen
