@@ -209,6 +209,8 @@ class _HeaderParser:
             if elements % block:
                 raise ValueError(f"tensor {name!r} is not a whole number of blocks")
             end = max(end, offset + elements // block * block_bytes)
+        if not n_tensors:  # a vocabulary-only file ends with its metadata, unpadded
+            return self.pos
         data_start = -(-self.pos // alignment) * alignment
         return data_start + end
 

@@ -136,3 +136,26 @@ def test_missing_models_of_a_preset_each_once(hub_env: Path, tiny_gguf: Callable
     )
     catalog = load_catalog()
     assert [m.name for m in resolve_preset(catalog, "judge-on-target").missing] == ["big"]
+
+
+def test_a_file_without_tensors_is_whole(tmp_path: Path) -> None:
+    # Vocabulary-only GGUFs (llama.cpp ships some) end with their metadata, unpadded.
+    import gguf
+
+    path = tmp_path / "vocab.gguf"
+    writer = gguf.GGUFWriter(str(path), "qwen2")
+    writer.add_string("tokenizer.ggml.model", "gpt2")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    header = read_header(path)
+    assert header.n_tensors == 0 and header.data_end <= path.stat().st_size
+
+
+def test_the_tensor_table_says_how_long_a_whole_file_is(qwen_file: Path, tmp_path: Path) -> None:
+    data = qwen_file.read_bytes()
+    assert read_header(qwen_file).data_end == len(data)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:-1])
+    with pytest.raises(ModelLoadError, match=rf"is cut short \({len(data) - 1:,} of the {len(data):,} bytes"):
+        read_header(cut)
