@@ -456,6 +456,7 @@ async def test_escape_during_a_deferral_stops_within_a_second_and_keeps_the_step
         await pilot.pause(0.3)  # into the target's step
         stopped_after = await seconds_to_cancel(pilot)
         assert stopped_after < 1.0, f"stopped {stopped_after:.2f} s after Esc"
+        print(f"stopped {stopped_after:.3f} s after Esc")
         (outcome,) = app.jobs.last_ended.outcomes
         assert outcome.finished.cancelled and outcome.finished.answer is None
         assert kept and all(text in outcome.finished.solution for text in kept)  # the steps before it
