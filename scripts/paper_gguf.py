@@ -41,7 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_gguf import CHATML_TEMPLATE, qwen_vocabulary
+from tiny_gguf import CHATML_TEMPLATE, add_shape, qwen_vocabulary
 
 LAYER_STD = 0.02
 ENTROPY_NATS = 0.48
@@ -138,15 +138,7 @@ def _random(dims: tuple[int, ...], std: float, seeds: np.random.SeedSequence, po
 def write_f16(path: Path, shape: PaperShape, *, entropy: float, threads: int, seed: int = 0) -> None:
     tokens, types, merges = qwen_vocabulary(shape.n_vocab)
     writer = gguf.GGUFWriter(str(path), shape.architecture)
-    writer.add_context_length(shape.context_length)
-    writer.add_embedding_length(shape.n_embd)
-    writer.add_block_count(shape.n_layer)
-    writer.add_feed_forward_length(shape.n_ff)
-    writer.add_head_count(shape.n_head)
-    writer.add_head_count_kv(shape.n_kv_head)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_rope_freq_base(shape.rope_base)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    add_shape(writer, shape, rope_base=shape.rope_base, file_type=gguf.LlamaFileType.MOSTLY_F16)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)

@@ -27,6 +27,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -96,6 +97,20 @@ PRESETS = {
 }
 
 
+def add_shape(writer: gguf.GGUFWriter, shape: Any, *, rope_base: float, file_type: gguf.LlamaFileType) -> None:
+    """The hyperparameters llama.cpp reads for a Qwen2- or Llama-shaped model
+    (`shape`: a Shape here, a PaperShape in paper_gguf.py)."""
+    writer.add_context_length(shape.context_length)
+    writer.add_embedding_length(shape.n_embd)
+    writer.add_block_count(shape.n_layer)
+    writer.add_feed_forward_length(shape.n_ff)
+    writer.add_head_count(shape.n_head)
+    writer.add_head_count_kv(shape.n_kv_head)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(rope_base)
+    writer.add_file_type(file_type)
+
+
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable characters."""
     printable = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
@@ -134,15 +149,8 @@ def _add_weights(
         return (rng.standard_normal(dims, dtype=np.float32) * weight_scale).astype(np.float32)
 
     ones = np.ones(shape.n_embd, np.float32)
-    writer.add_context_length(shape.context_length)
-    writer.add_embedding_length(shape.n_embd)
-    writer.add_block_count(shape.n_layer)
-    writer.add_feed_forward_length(shape.n_ff)
-    writer.add_head_count(shape.n_head)
-    writer.add_head_count_kv(shape.n_kv_head)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
+    add_shape(writer, shape, rope_base=10000.0, file_type=file_type)
     writer.add_tensor("token_embd.weight", matrix(n_vocab, shape.n_embd))
     writer.add_tensor("output_norm.weight", ones)
     if not tie_output:
