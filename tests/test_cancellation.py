@@ -58,6 +58,14 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], time
         time.sleep(0.02)
 
 
+def sums(path: Path, count: int) -> Path:
+    """A dataset of `count` one-line sums, more than a test waits for."""
+    path.write_text(
+        "".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(count))
+    )
+    return path
+
+
 def interrupt(process: subprocess.Popen[str]) -> tuple[float, str, str]:
     """SIGINT, then the seconds until the process was gone, and its output."""
     sent = time.monotonic()
@@ -110,10 +118,7 @@ def test_ctrl_c_during_a_benchmark_keeps_the_finished_runs(tmp_path: Path, tiny_
             }
         )
     )
-    dataset = tmp_path / "problems.jsonl"
-    dataset.write_text(
-        "".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(200))
-    )
+    dataset = sums(tmp_path / "problems.jsonl", 200)
     out = tmp_path / "out"
     args = ["bench", "--dataset", str(dataset), "--methods", "greedy,beam", "--preset", "tiny", "--out", str(out)]
     process = start([*args, "--no-progress", "--n", "2"], SPECS_LOCAL_CONFIG=str(catalog), SPECS_LOCAL_THREADS="1")
@@ -148,10 +153,7 @@ def test_ctrl_c_during_train_head_keeps_the_finished_rollouts(tmp_path: Path, ti
             }
         )
     )
-    dataset = tmp_path / "problems.jsonl"
-    dataset.write_text(
-        "".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(300))
-    )
+    dataset = sums(tmp_path / "problems.jsonl", 300)
     out = tmp_path / "head.safetensors"
     args = ["train-head", "--preset", "tiny", "--dataset", str(dataset), "--out", str(out), "--no-judge"]
     process = start(args, SPECS_LOCAL_CONFIG=str(catalog), SPECS_LOCAL_THREADS="1")
