@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+ONE_GRADE = "every solution has the same grade; a head needs right and wrong solutions to learn from"
 # The L2 strengths tried (on the mean loss: lambda * |w|^2 / 2 is added to it).
 L2_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
@@ -59,7 +60,7 @@ def fit_logistic(
     n, d = x.shape
     pos = float(y.mean())
     if pos <= 0.0 or pos >= 1.0:
-        raise ValueError("every solution has the same grade; a head needs right and wrong solutions to learn from")
+        raise ValueError(ONE_GRADE)
     w_right, w_wrong = 0.5 / pos / n, 0.5 / (1 - pos) / n
     xb = np.hstack([x, np.ones((n, 1))])
     theta = np.zeros(d + 1)
@@ -126,7 +127,7 @@ def fit_head(
     graded = y if eval_labels is None else eval_labels
     fitted = y[split.train | split.valid]
     if len(fitted) and (fitted.min() == fitted.max()):
-        raise ValueError("every solution has the same grade; a head needs right and wrong solutions to learn from")
+        raise ValueError(ONE_GRADE)
     if not split.train.any() or not split.valid.any():
         raise ValueError(
             "too few problems to fit a head and choose its regularisation on others"
