@@ -45,11 +45,18 @@ def load_features(work: Path) -> StepFeatures:
     return StepFeatures.concat([StepFeatures.load(p) for p in parts])
 
 
+def fitted_and_held_out(features: StepFeatures) -> tuple[list[str], list[str]]:
+    """The problems train-head fits on and those it holds out."""
+    held_out = split_by_problem(features.problems).test
+    problems = np.array(features.problems)
+    return sorted(set(problems[~held_out])), sorted(set(problems[held_out]))
+
+
 def learning_curve(features: StepFeatures, sizes: list[int], draws: int, seed: int = 0) -> list[CurvePoint]:
     """Held-out AUC of heads fitted on `size` of the fitted problems, `draws` random subsets each."""
     problems = np.array(features.problems)
     held_out = split_by_problem(features.problems).test
-    pool = sorted(set(problems[~held_out]))
+    pool, _ = fitted_and_held_out(features)
     x = features.states.astype(np.float64)
     rng = np.random.default_rng(seed)
     points = []
@@ -101,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.work.is_dir():
         parser.error(f"{args.work} is not a folder; pass the OUT.work folder of a train-head run")
     features = load_features(args.work)
-    held_out = split_by_problem(features.problems).test
-    pool = len(set(np.array(features.problems)[~held_out]))
+    fitted, held_out = fitted_and_held_out(features)
+    pool = len(fitted)
     try:
         sizes = (
             [int(s) for s in args.sizes.split(",")]
@@ -113,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error("--sizes takes whole numbers and --thresholds numbers, comma-separated, e.g. --sizes 5,10")
     print(
-        f"{pool} problems to fit on, {len(set(np.array(features.problems)[held_out]))} held out ({int(held_out.sum())} steps)"
+        f"{pool} problems to fit on, {len(held_out)} held out ({sum(p in held_out for p in features.problems)} steps)"
     )
     print("| problems fitted on | held-out AUC (mean) | min | max | draws |")
     print("| ---: | ---: | ---: | ---: | ---: |")
