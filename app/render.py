@@ -66,7 +66,8 @@ def stats_footer(stats: Stats) -> str:
 
 def deferral_reason(event: Deferred) -> str:
     """Why a step went to the target, e.g. `the best draft scored 5.31, not
-    above tau_accept 7; the target doubted a result in 1 of 4 (p = 0.01)`."""
+    above tau_accept 7; the target doubted a result in 1 of 4 (p = 0.01); 1 of 4
+    wrote a false equation: 5 + 7 = 13 (it is 12)`."""
     t = event.threshold
     if t.bounds == "tilted":
         reason = f"the best draft scored {event.best:.3g}, not above {t.name} {t.value:g}"
@@ -76,6 +77,10 @@ def deferral_reason(event: Deferred) -> str:
         reason += f"; the target doubted a result in {event.doubted} of {event.drafts}"
         if event.lowest_result_prob is not None:
             reason += f" (p = {event.lowest_result_prob:.2g})"
+    if event.false_equations:
+        reason += f"; {event.false_equations} of {event.drafts} wrote a false equation"
+        if event.false_equation is not None:
+            reason += f": {event.false_equation}"
     return reason
 
 

@@ -149,6 +149,7 @@ def test_calibrate_saves_the_fastest_setting_within_a_point(
         "max_steps": 12,
         "max_step_tokens": 160,
         "result_check": 0.2,
+        "equation_check": True,
         "beta": 10.0,
         "tau_accept": 6.0,
         "tau_switch": 0.7,

@@ -176,3 +176,41 @@ def test_target_steps_are_checked_with_the_logprobs_they_were_sampled_with() -> 
         per_token = ARITHMETIC_TARGET[PLAN][0].logprob / len(VOCABULARY.encode(TENS))
         assert s.result_prob == pytest.approx(math.exp(per_token))
         assert s.reward == pytest.approx(ARITHMETIC_REWARDS[TENS])
+
+
+# -- the equation check (app/search/equations.py) --------------------------------------
+
+
+def solve_checking_equations(method: str, temperature: float = 0.0) -> tuple[Finished, list[Event]]:
+    engines = fooled_engines()
+    events: list[Event] = []
+    settings = SearchSettings(equation_check=True, seed=0, temperature=temperature)
+    finished = run(method, ARITHMETIC_QUESTION, engines, settings, emit=events.append, clock=engines.clock)
+    return finished, events
+
+
+def test_the_equation_check_defers_a_false_draft_step_without_the_targets_doubt() -> None:
+    finished, events = solve_checking_equations("specs")
+    assert TENS_WRONG not in accepted(events)
+    assert TENS in accepted(events)
+    assert finished.answer == "42"
+    step = next(e for e in events if isinstance(e, CandidatesScored) and e.origin == "draft" and e.step == 1)
+    (score,) = step.scores
+    assert score.reward == 0.0
+    assert score.result_prob is None  # the target's check is off: the equation alone decided
+    assert score.false_equation == "10 + 30 = 50 (it is 40)"
+    deferral = next(e for e in events if isinstance(e, Deferred))
+    assert (deferral.false_equations, deferral.drafts) == (1, 1)
+    assert deferral_reason(deferral).endswith("1 of 1 wrote a false equation: 10 + 30 = 50 (it is 40)")
+
+
+def test_beam_search_ranks_a_false_equation_last() -> None:
+    # At temperature 1 the target writes both tens steps (seed 0).
+    finished, events = solve_checking_equations("beam", temperature=1.0)
+    tens = {
+        s.false_equation: s.reward for e in events if isinstance(e, CandidatesScored) and e.step == 1 for s in e.scores
+    }
+    assert tens["10 + 30 = 50 (it is 40)"] == 0.0
+    assert tens[None] == pytest.approx(ARITHMETIC_REWARDS[TENS])
+    assert TENS in accepted(events)
+    assert finished.answer == "42"

@@ -483,3 +483,10 @@ def test_a_trace_of_only_a_cut_line_is_refused(tmp_path: Path, capsys: pytest.Ca
     trace.write_bytes(b'{"event": "SearchStarted", "t": 0, "meth')
     assert main(["replay", str(trace)]) == 2
     assert "holds only a cut line" in capsys.readouterr().err
+
+
+def test_a_false_equation_is_marked_before_the_step_text() -> None:
+    row = CandidateRow(id="2.3", step=2, origin="draft", text="5 + 7 + 14 = 36", reward=0.0, drafting=False)
+    assert "=✗" not in candidate_label(row).plain
+    row.false_equation = "5 + 7 + 14 = 36 (it is 26)"
+    assert "=✗ 5 + 7 + 14 = 36" in candidate_label(row).plain

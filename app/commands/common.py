@@ -152,6 +152,13 @@ SEARCH_OPTIONS: list[tuple[str, str, Any, str]] = [
         "Scale a step's reward down when the target doubts a result after '=' (probability below this; 0 is off),"
         " e.g. --result-check 0.1.",
     ),
+    (
+        "--equation-check",
+        "equation_check",
+        click.BOOL,
+        "Give reward 0 to a step that writes a false equation between numbers ('5 + 7 = 13'),"
+        " e.g. --equation-check false.",
+    ),
     ("--max-steps", "max_steps", click.INT, "Most reasoning steps per solution, e.g. --max-steps 12."),
     ("--max-step-tokens", "max_step_tokens", click.INT, "Most tokens per step, e.g. --max-step-tokens 160."),
     ("--logprob-norm", "logprob_norm", click.Choice(["mean", "sum"]), "Length normalisation of the log-ratio."),

@@ -161,6 +161,9 @@ class CandidateScore:
     # step (None: no result, or not checked); `reward` already includes the
     # check's scaling when settings.result_check is on.
     result_prob: float | None = None
+    # The first false equation the step writes, e.g. "5 + 7 = 13 (it is 12)"
+    # (settings.equation_check); `reward` is then 0.
+    false_equation: str | None = None
 
     @property
     def merit(self) -> float | None:
@@ -208,6 +211,8 @@ class Deferred(Event):
     drafts: int  # live drafts compared with the threshold
     doubted: int  # of which the target doubted a result (arithmetic check)
     lowest_result_prob: float | None = None  # the target's probability of the least likely doubted result
+    false_equations: int = 0  # of which wrote a false equation (equation check)
+    false_equation: str | None = None  # the first of them, e.g. "5 + 7 = 13 (it is 12)"
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class Candidate:
     reward: float = 0.0
     judged: bool = False  # whether `reward` came from the reward model
     result_prob: float | None = None  # the target's, of the step's least likely result (arithmetic.py)
+    false_equation: str | None = None  # the first false equation the step writes (equations.py), when checked
     # The target's final hidden state at the step's end, when the target was
     # opened with hidden states (what a value-head reward reads).
     state: Vector | None = None

@@ -43,6 +43,10 @@ class SearchSettings(BaseModel):
     # reward is scaled by p / result_check. Costs no model call; see
     # app/search/arithmetic.py for why a small judge needs it.
     result_check: float = Field(0.0, ge=0.0, le=1.0)
+    # Equation check (not in the paper): a step that writes an equation
+    # between numbers whose sides differ ("5 + 7 + 14 = 36") gets reward 0.
+    # Exact and free; see app/search/equations.py.
+    equation_check: bool = False
     # Length normalisation of the log-ratio: the official code averages per
     # token; GSI sums.
     logprob_norm: Literal["mean", "sum"] = "mean"

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from app.search.answer import Completion, last_boxed
 from app.search.arithmetic import checked_reward, result_probability
 from app.search.context import SearchContext
+from app.search.equations import false_equations
 from app.search.events import (
     BeamPruned,
     CandidateFates,
@@ -141,7 +142,8 @@ class Step:
 
     def reward(self, candidates: Sequence[Candidate]) -> None:
         """The reward of every candidate's newest step, in one reward-model call
-        (scaled down where the target doubts a result, see arithmetic.py)."""
+        (scaled down where the target doubts a result, see arithmetic.py, and
+        0 for a step that writes a false equation, see equations.py)."""
         self._judging(candidates)
         if not candidates:
             return
@@ -159,6 +161,11 @@ class Step:
         rewards = ctx.engines.reward.score(queries, should_stop=ctx.should_stop)
         for candidate, reward in zip(candidates, rewards):
             candidate.reward = checked_reward(float(reward), candidate.result_prob, ctx.settings.result_check)
+            if ctx.settings.equation_check:
+                wrong = false_equations(candidate.text)
+                if wrong:
+                    candidate.false_equation = str(wrong[0])
+                    candidate.reward = 0.0
             candidate.judged = True
 
     def collect(self, candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -196,6 +203,7 @@ class Step:
         self._report_fates()
         check = self.ctx.settings.result_check
         doubted = [c.result_prob for c in rejected if c.result_prob is not None and c.result_prob < check]
+        false = [c.false_equation for c in rejected if c.false_equation is not None]
         self.ctx.emit(
             Deferred,
             step=self.number,
@@ -204,6 +212,8 @@ class Step:
             drafts=len(rejected),
             doubted=len(doubted),
             lowest_result_prob=min(doubted, default=None),
+            false_equations=len(false),
+            false_equation=false[0] if false else None,
         )
         self.ctx.counters.deferrals += 1
         self._release(rejected)
@@ -291,6 +301,7 @@ class Step:
                     target_logprob=c.logprobs.get("target"),
                     draft_logprob=c.logprobs.get("draft"),
                     result_prob=c.result_prob,
+                    false_equation=c.false_equation,
                 )
                 for c in self._judged
             ),

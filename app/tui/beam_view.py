@@ -58,6 +58,7 @@ class CandidateRow:
     # Set when the arithmetic check scaled the reward down: the target's
     # probability of the step's least likely result.
     doubted_result: float | None = None
+    false_equation: str | None = None  # set when the equation check zeroed the reward
     fate: Fate | None = None
     answer: str | None = None
     on_path: bool = False
@@ -103,6 +104,8 @@ def candidate_label(row: CandidateRow, *, show_parent: bool = False) -> Text:
         label.append(f"[{row.parent}] ", style="dim")
     if row.doubted_result is not None:
         label.append(f"=?{row.doubted_result:.2f} ", style="bold red")
+    if row.false_equation is not None:
+        label.append("=✗ ", style="bold red")
     label.append(
         text, style="bold green" if row.on_path else ("dim" if row.fate in ("pruned", "rejected", "duplicate") else "")
     )
@@ -176,6 +179,7 @@ class BeamView(Tree[str]):
                     scored.target_logprob, scored.draft_logprob = s.target_logprob, s.draft_logprob
                     if s.result_prob is not None and s.result_prob < self._result_check:
                         scored.doubted_result = s.result_prob
+                    scored.false_equation = s.false_equation
                     self._dirty.add(s.id)
         elif isinstance(event, CandidateFates):
             for cid, fate in event.fates.items():
