@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.commands.common import check_output_file
-from app.commands.train_head import parse_plans, parse_rows
+from app.commands.train_head import parse_plans, parse_rows, select_rows
 from app.config import BUILTIN_HEADS, Catalog, RewardSpec
 from app.errors import UserError
 
@@ -40,12 +40,20 @@ def test_a_draft_plan_needs_a_draft() -> None:
 
 
 def test_rows() -> None:
-    assert parse_rows("200:") == (200, None)
-    assert parse_rows(":50") == (0, 50)
-    assert parse_rows(":") == (0, None)
-    for bad in ("200", "a:b", "50:10"):
+    assert parse_rows("200:") == [(200, None)]
+    assert parse_rows(":50") == [(0, 50)]
+    assert parse_rows(":") == [(0, None)]
+    assert parse_rows("200:230, 250:") == [(200, 230), (250, None)]
+    for bad in ("200", "a:b", "50:10", "200:230,", "1:2,5:3"):
         with pytest.raises(UserError, match="--rows"):
             parse_rows(bad)
+
+
+def test_select_rows_takes_each_range_in_order_and_each_row_once() -> None:
+    rows = [f"row{i}" for i in range(10)]
+    assert select_rows(rows, [(2, 4), (7, None)]) == ["row2", "row3", "row7", "row8", "row9"]
+    assert select_rows(rows, [(0, 3), (1, 4)]) == ["row0", "row1", "row2", "row3"]
+    assert select_rows(rows, [(20, None)]) == []
 
 
 def test_output_path_checks(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from app.cli import main
 from app.eval.datasets import Problem
 from app.eval.head_fit import split_by_problem
 from app.eval.rollouts import Rollout, RolloutPlan, continuations_right
-from app.eval.train_head import HeadTraining, fit_and_report, monte_carlo_labels
+from app.eval.train_head import HeadTraining, false_equation_steps, fit_and_report, monte_carlo_labels
 from engines.testing.scripted import Continuation, ScriptedModel, ScriptedReward
 
 RIGHT = "Add 12 and 30.\n\n"
@@ -228,3 +228,33 @@ reward = {{ kind = "judge", model = "local" }}
     err = capsys.readouterr().err
     assert code == 2 and "Cannot fit a head:" in err and "Traceback" not in err  # one problem: nothing to fit
     assert (tmp_path / "head.safetensors.work" / "rollouts.jsonl").exists()
+
+
+def test_the_report_measures_the_head_with_the_equation_check(tmp_path: Path) -> None:
+    slip = "12 + 30 = 52.\n\n"
+    script = {
+        "": (Continuation("12 + 30 = 42.\n\n", -0.3), Continuation(slip, -0.9)),
+        "12 + 30 = 42.\n\n": (Continuation("The answer is \\boxed{42}.", -0.1, eos=True),),
+        slip: (Continuation("The answer is \\boxed{52}.", -0.1, eos=True),),
+    }
+
+    rng = np.random.default_rng(0)
+
+    def noise(step: str) -> list[float]:  # a state that knows nothing: fresh noise at every read
+        return list(rng.normal(size=4))
+
+    problems = [Problem(f"p{i}", "What is 12 + 30?", "42") for i in range(40)]
+    target = ScriptedModel("target", script, states=noise)
+    training = HeadTraining(tmp_path / "work", problems, [RolloutPlan("target", 1.0, 4)])
+    rollouts = training.sample({"target": target})
+    features = training.features(target, rollouts)
+    flagged = false_equation_steps(features, rollouts)
+    texts = {f"{r.problem}/{r.plan}/{r.sample}": r.steps for r in rollouts}
+    assert flagged.any()
+    for key, step, flag in zip(features.keys, features.step_index, flagged):
+        assert flag == (texts[key.rsplit("/", 1)[0]][int(step)] == slip)
+    report = fit_and_report(features, model_sha256="ab" * 32, false_equation=flagged)
+    checked = report.table["value head, false equations at 0"]["auc"]
+    alone = report.table["value head"]["auc"]
+    assert checked is not None and alone is not None
+    assert checked > alone + 0.1

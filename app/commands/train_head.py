@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +61,28 @@ def parse_plans(
     return plans
 
 
-def parse_rows(text: str) -> tuple[int, int | None]:
-    match = re.fullmatch(r"(\d*):(\d*)", text.strip())
-    if not match:
-        raise UserError(f"Invalid --rows {text!r}; write START:END (either may be empty), e.g. --rows 200:.")
-    start = int(match.group(1) or 0)
-    end = int(match.group(2)) if match.group(2) else None
-    if end is not None and end <= start:
-        raise UserError(f"Invalid --rows {text!r}: the end must come after the start.")
-    return start, end
+def parse_rows(text: str) -> list[tuple[int, int | None]]:
+    """START:END ranges joined by commas (either end may be empty): "200:230,250:"."""
+    ranges = []
+    for part in text.split(","):
+        match = re.fullmatch(r"(\d*):(\d*)", part.strip())
+        if not match:
+            raise UserError(
+                f"Invalid --rows {text!r}; write START:END (either may be empty), several joined by commas,"
+                " e.g. --rows 200: or --rows 200:230,250:."
+            )
+        start = int(match.group(1) or 0)
+        end = int(match.group(2)) if match.group(2) else None
+        if end is not None and end <= start:
+            raise UserError(f"Invalid --rows {text!r}: the end of {part.strip()} must come after its start.")
+        ranges.append((start, end))
+    return ranges
+
+
+def select_rows(problems: Sequence[Any], ranges: Sequence[tuple[int, int | None]]) -> list[Any]:
+    """The problems in the ranges, in their order, each once."""
+    chosen = {id(p): p for start, end in ranges for p in problems[start:end]}
+    return list(chosen.values())
 
 
 @click.command("train-head")
@@ -86,7 +100,8 @@ def parse_rows(text: str) -> tuple[int, int | None]:
     "--rows",
     default=":",
     show_default=True,
-    help="Dataset rows to train on, e.g. --rows 200: (rows 0-199 kept for measuring).",
+    help="Dataset rows to train on, START:END joined by commas, e.g. --rows 200: (rows 0-199 kept for"
+    " measuring) or --rows 200:230,250: (rows 230-249 kept for calibrating).",
 )
 @click.option("--limit", type=click.IntRange(1), default=None, help="Most problems to use, e.g. --limit 300.")
 @click.option(
@@ -161,7 +176,7 @@ def command(
     from app.presets import resolve_preset
 
     check_output_file(out, "--out", make_folder=True)
-    start, end = parse_rows(rows)
+    ranges = parse_rows(rows)
     chosen = resolve_preset(load_catalog(), preset)
     settings = chosen.preset.settings()
     rollout_plans = parse_plans(
@@ -172,8 +187,9 @@ def command(
         max_step_tokens=settings.max_step_tokens,
     )
     _check_local(chosen, rollout_plans)
-    data = load_dataset(dataset, offset=start, limit=None if end is None else end - start)
-    problems = data.problems[:limit] if limit else data.problems
+    data = load_dataset(dataset)
+    problems = select_rows(data.problems, ranges)
+    problems = problems[:limit] if limit else problems
     if not problems:
         skipped = f" ({len(data.skipped)} rows without a problem or an answer)" if data.skipped else ""
         raise UserError(
@@ -216,7 +232,7 @@ def _check_local(chosen: Any, plans: list[Any]) -> None:
 def _train(
     ready: Any, problems: list[Any], plans: list[Any], out: Path, runtime: RuntimeOptions, **options: Any
 ) -> int:
-    from app.eval.train_head import HeadTraining, fit_and_report, monte_carlo_labels
+    from app.eval.train_head import HeadTraining, false_equation_steps, fit_and_report, monte_carlo_labels
     from app.hub import sha256_of
     from app.runtime import open_training_models
 
@@ -255,6 +271,7 @@ def _train(
                 model_sha256=sha,
                 judge=judge_fn,
                 labels=labels,
+                false_equation=false_equation_steps(features, rollouts),
                 info={
                     "labels": labelled,
                     "dataset": options["dataset"],

@@ -29,6 +29,7 @@ from app.eval.datasets import Problem
 from app.eval.head_features import StepFeatures, rollout_features
 from app.eval.head_fit import auc_table, fit_head, split_by_problem
 from app.eval.rollouts import Rollout, RolloutPlan, continuations_right, read_rollouts, sample_rollouts
+from app.search.equations import false_equations
 from engines.base import LanguageModel, RewardModel, RewardQuery, StopFn
 from engines.value_head import ValueHead
 
@@ -236,10 +237,13 @@ def fit_and_report(
     judge: Callable[[np.ndarray], np.ndarray] | None = None,
     info: dict[str, Any] | None = None,
     labels: np.ndarray | None = None,
+    false_equation: np.ndarray | None = None,
 ) -> HeadReport:
     """Fit the head (on `labels`, soft ones from `monte_carlo_labels`, or each
     step's outcome) and measure it against the other signals on held-out
-    problems, always against the outcome: what the search is graded on."""
+    problems, always against the outcome: what the search is graded on.
+    With `false_equation` (per step, from `false_equation_steps`) the table
+    also has the head as the search uses it with the equation check on."""
     split = split_by_problem(features.problems)
     fit = fit_head(
         features.states.astype(np.float64),
@@ -248,7 +252,10 @@ def fit_and_report(
         eval_labels=features.labels,
     )
     head = ValueHead(fit.weight, fit.bias, fit.mean, fit.std, model_sha256)
-    signals: dict[str, np.ndarray] = {"value head": head.logits(features.states.astype(np.float64))}
+    logits = head.logits(features.states.astype(np.float64))
+    signals: dict[str, np.ndarray] = {"value head": logits}
+    if false_equation is not None:
+        signals["value head, false equations at 0"] = np.where(false_equation, -np.inf, logits)
     if judge is not None:
         signals["judge (reward model)"] = judge(split.test)
     signals["mean target log-probability"] = features.mean_logprob
@@ -270,6 +277,18 @@ def fit_and_report(
     }
     head = ValueHead(fit.weight, fit.bias, fit.mean, fit.std, model_sha256, full_info)
     return HeadReport(head, table, problems, steps, fit.l2)
+
+
+def false_equation_steps(features: StepFeatures, rollouts: Sequence[Rollout]) -> np.ndarray:
+    """Whether each step writes a false equation (what the search's equation check zeroes)."""
+    texts = {f"{r.problem}/{r.plan}/{r.sample}": r.steps for r in rollouts}
+    return np.array(
+        [
+            bool(false_equations(texts[key.rsplit("/", 1)[0]][int(step)]))
+            for key, step in zip(features.keys, features.step_index)
+        ],
+        dtype=bool,
+    )
 
 
 def _select(features: StepFeatures, keep: np.ndarray) -> StepFeatures:
