@@ -191,7 +191,7 @@ def command(
     problems = select_rows(data.problems, ranges)
     problems = problems[:limit] if limit else problems
     if not problems:
-        skipped = f" ({len(data.skipped)} rows without a problem or an answer)" if data.skipped else ""
+        skipped = f" (the file has {len(data.skipped)} rows without a problem or an answer)" if data.skipped else ""
         raise UserError(
             f"{dataset} has no problems with answers in rows {rows}{skipped}; a head needs graded solutions."
         )
