@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given
@@ -27,6 +30,9 @@ def flagged(text: str) -> list[str]:
         ("x = 160 + 80 + 20 = 360", ["160 + 80 + 20 = 360 (it is 260)"]),
         ("\\boxed{5 + 3 = 9}", ["5 + 3 = 9 (it is 8)"]),
         ("7.50 + 6 + 1.25 = 16.25", ["7.50 + 6 + 1.25 = 16.25 (it is 14.75)"]),
+        ("60 x 2/3 = 50 loaves", ["60 * 2 / 3 = 50 (it is 40)"]),
+        ("Emma has 120 – 80 - 15 = 35 more", ["120 - 80 - 15 = 35 (it is 25)"]),
+        ("Totals:\n- 5 + 3 = 9\n", ["5 + 3 = 9 (it is 8)"]),  # a list marker starts the line
     ],
 )
 def test_false_equations_are_found_and_say_what_the_left_side_is(text: str, expected: list[str]) -> None:
@@ -50,6 +56,16 @@ def test_false_equations_are_found_and_say_what_the_left_side_is(text: str, expe
         "3 * 4 = 12 = 13",  # "12 = 13" has no operator
         "- 5 + 3 = 8",  # a bullet, not a minus
         "1. 5 + 3 = 8",  # a list number
+        # From GSM8K's and MATH's reference solutions: a run that starts inside
+        # words or another term is not a left side.
+        "12 slices * 1/3 = 4 slices",
+        "15 pages x 1/3 = 5 pages",
+        "300 x 1/5 = 60 pencils",
+        "Mr. Tan paid $400 000 x 3/100 = $12 000 for the fees.",
+        "1 + 3 + 1/2 + 1 1/2 + 2 = 8 hours",
+        "(x - 90) + (2x - 135) + 90 + 60 + 15 + 60 + 15 + 15 = 360",
+        "5 pounds * 2 - 3 = 7 pounds/sheep",
+        "1/3 of 12 = 4",
         "4 + 4 <= 9 and 4 + 4 >= 7 and 2 + 2 == 4",
         "5 / 0 = 3",  # no value to compare
         "No equation here: 42.",
@@ -77,3 +93,22 @@ def test_written_sums_are_checked_exactly(rest: list[tuple[str, int]], first: in
     (wrong,) = false_equations(f"So {text} = {value + off} in all.")
     assert wrong.value == Fraction(value)
     assert wrong.written == str(value + off)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "math500.jsonl").is_file(), reason="needs ../shared/data")
+def test_reference_solutions_raise_no_false_alarm() -> None:
+    """The written solutions of GSM8K (from row 200) and MATH500: 6,518 "=" between them,
+    and the only equations flagged are the two that are false as written."""
+    found = []
+    for name, first in (("gsm8k", 200), ("math500", 0)):
+        rows = [json.loads(line) for line in (SHARED_DATA / f"{name}.jsonl").read_text().splitlines()][first:]
+        for row in rows:
+            solution = re.sub(r"<<[^>]*>>", "", row["solution"])  # GSM8K's calculator notes
+            found += [(row["id"], str(e)) for e in false_equations(solution)]
+    assert found == [
+        ("gsm8k-501", "364 / 4 = 273 (it is 91)"),  # "3/4 of a skein ... = 364 / 4 = 273 yards"
+        ("gsm8k-1024", "32 - 20 = 300 (it is 12)"),  # "$32 - $20 = $300 left"
+    ]

@@ -8,11 +8,14 @@ that can be checked for certain, so the search checks it: a step that writes
 an equation whose two sides differ gets reward 0 (settings.equation_check).
 
 The check is built to have no false alarms rather than to catch everything:
-- the left side is the longest run of numbers, + - * / and parentheses (plain
-  or LaTeX: \\times, \\cdot, \\div, \\frac{a}{b}, dollar signs) right before "=",
-  with at least one operator; words, units and percent signs end it, so
-  "2 hours * 60 = 120" checks nothing and "Step 3 - 5 + 3 = 1" checks 5 + 3;
-- the right side is a single number (not the start of another expression);
+- the left side is the whole run of numbers, + - * / and parentheses (plain
+  or LaTeX: \\times, \\cdot, \\div, \\frac{a}{b}, dollar signs, "x" between
+  numbers) right before "=", less a list marker ("1. ", "- "), and it must
+  be one expression with an operator. A run that starts or ends inside
+  something else checks nothing: "12 slices * 1/3 = 4", "15 pages x 1/3 = 5",
+  "$400 000 x 3/100", "1 1/2 + 2", "(2x - 135) + 90 + 60 = 360", "x^2 + 5";
+- the right side is a single number (not the start of another expression,
+  a coefficient as in "2x", or a number with a space as in "12 000");
 - it is false only if it is false both with the usual precedence and read left
   to right ("12 + 8 / 2 = 10" is sloppy, not wrong), and by more than the last
   written digit (10 / 3 = 3.33 and 7 / 2 = 3 pass, 36 / 3 = 13 does not).
@@ -30,7 +33,8 @@ _LATEX = [
     (re.compile(r"\\times|\\cdot|×|⋅|∙"), "*"),
     (re.compile(r"\\div|÷"), "/"),
     (re.compile(r"\\?\$"), ""),
-    (re.compile(r"−"), "-"),
+    (re.compile(r"[−–]"), "-"),  # minus sign, en dash
+    (re.compile(r"(?<=[\d)])\s+[xX]\s+(?=[\d(])"), " * "),  # "60 x 2/3"
 ]
 _FRAC = re.compile(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
 _NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
@@ -40,10 +44,14 @@ _RIGHT = re.compile(
     rf"\s*(-?(?:{_NUMBER}))"
     r"(?![\d.,]*\d)"  # all of the number
     r"(?![A-Za-z_^!{])"  # nor a coefficient: "= 2x"
+    r"(?!\s\d)"  # nor a number with spaces in it: "= $12 000"
     r"(?!\s*(?:[-+*/^(%=]|\\))"  # and not the start of an expression, a percent or a chain
 )
-# What may stand right before a left side: "x^2 + 5", "a_3 + 4" and "S2 + 1" start inside a term.
+# What may stand right before a left side: "x^2 + 5", "a_3 + 4" and "S2 + 1" start inside a term,
+# and "of 1/3", "by 1/3" or "pages x 1/3" take a factor from the words before.
 _GLUED = re.compile(r"[A-Za-z0-9_^}!%.]$")
+_OPERATOR_WORD = re.compile(r"\b(?:x|X|of|by|times|plus|minus|per|over|than)$")
+_LIST_MARKER = re.compile(r"\s*(?:\d+[.)]|[-*+])\s+(?=\S)")
 # Left sides this long are prose that happens to be digits, not a sum.
 _MAX_TOKENS = 41
 
@@ -90,25 +98,20 @@ def _normalise(text: str) -> str:
 
 
 def _left_side(before: str) -> tuple[list[str], str] | None:
-    """The longest well-formed expression with an operator that ends `before`."""
+    """The expression with an operator that ends `before`: all of the run of
+    numbers and operators there (less a list marker), or None."""
     run = _LEFT.search(before)
     assert run is not None  # the pattern matches the empty run
-    candidate = run.group(0)
-    glued = _GLUED.search(before[: run.start()]) is not None
-    for start in range(len(candidate)):
-        char = candidate[start]
-        if start and candidate[start - 1] in "0123456789.,":
-            continue  # inside a number
-        if start == 0 and glued:
-            continue
-        if not (char.isdigit() or char in "(." or (char == "-" and candidate[start + 1 : start + 2].isdigit())):
-            continue
-        tokens = _tokenize(candidate[start:])
-        if tokens is None or len(tokens) > _MAX_TOKENS:
-            continue
-        if _is_expression(tokens):
-            return tokens, " ".join(tokens).replace("( ", "(").replace(" )", ")")
-    return None
+    candidate, prefix = run.group(0), before[: run.start()]
+    if (_GLUED if candidate[:1] not in (" ", "\t") else _OPERATOR_WORD).search(prefix):
+        return None
+    marker = _LIST_MARKER.match(candidate)
+    if marker and (not prefix or prefix.endswith("\n")):  # a marker starts a line
+        candidate = candidate[marker.end() :]
+    tokens = _tokenize(candidate.strip())
+    if tokens is None or len(tokens) > _MAX_TOKENS or not _is_expression(tokens):
+        return None
+    return tokens, " ".join(tokens).replace("( ", "(").replace(" )", ")")
 
 
 def _tokenize(text: str) -> list[str] | None:
