@@ -72,18 +72,17 @@ def false_equations(text: str) -> list[FalseEquation]:
     found = []
     for match in re.finditer(r"(?<![<>=!])=(?!=)", text):
         right = _RIGHT.match(text, match.end())
-        left = _left_side(text[: match.start()])
+        left = _left_side(text[: match.start()]) if right else None
         if right is None or left is None:
             continue
         tokens, expression = left
         written = right.group(1)
-        values = [_evaluate(tokens, precedence=True), _evaluate(tokens, precedence=False)]
-        if any(v is None for v in values):
+        usual, left_to_right = _evaluate(tokens, precedence=True), _evaluate(tokens, precedence=False)
+        if usual is None or left_to_right is None:
             continue
         target = Fraction(written.replace(",", ""))
-        if all(not _close(v, target, written) for v in values if v is not None):
-            assert values[0] is not None
-            found.append(FalseEquation(expression, written, values[0]))
+        if not _close(usual, target, written) and not _close(left_to_right, target, written):
+            found.append(FalseEquation(expression, written, usual))
     return found
 
 
@@ -116,7 +115,6 @@ def _left_side(before: str) -> tuple[list[str], str] | None:
 
 def _tokenize(text: str) -> list[str] | None:
     tokens, at = [], 0
-    text = text.rstrip()
     while at < len(text):
         match = _TOKEN.match(text, at)
         if match is None:
