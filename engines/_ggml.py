@@ -1,4 +1,4 @@
-"""The few ggml functions a backend sampler written in Python needs.
+"""The few ggml functions a backend sampler written in Python and a layer tap need.
 
 llama-cpp-python ships ggml's shared libraries next to libllama but binds
 none of the graph-building API, so these come from its ggml-base library
@@ -61,6 +61,11 @@ _SIGNATURES: dict[str, tuple[list[Any], Any]] = {
     "ggml_backend_dev_supports_op": ([_P, _P], ctypes.c_bool),
     "ggml_backend_dev_name": ([_P], ctypes.c_char_p),
     "ggml_op_desc": ([_P], ctypes.c_char_p),
+    # Reading a layer's output in llama.cpp's eval callback (engines.layer_tap):
+    "ggml_get_name": ([_P], ctypes.c_char_p),
+    "ggml_nbytes": ([_P], ctypes.c_size_t),
+    "ggml_is_contiguous": ([_P], ctypes.c_bool),
+    "ggml_backend_tensor_get": ([_P, _P, ctypes.c_size_t, ctypes.c_size_t], None),
 }
 
 

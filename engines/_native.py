@@ -34,6 +34,7 @@ import numpy as np
 
 from engines.base import Cancelled, ContextFullError, EngineError, ModelLoadError, ModelUsage
 from engines.gguf_info import MAGIC, DamagedGGUF, read_header
+from engines.layer_tap import LayerTap
 from engines.rows import Rows, chunks
 
 logger = logging.getLogger("llama.cpp")
@@ -277,7 +278,10 @@ class NativeContext:
         n_gpu_layers: int | None,
         n_threads: int | None,
         flash_attn: str | bool,
+        hidden_layer: int | None = None,
     ) -> None:
+        """`hidden_layer`: hidden states come from that layer's output (0-based)
+        instead of the final state."""
         max_seqs = L.llama_max_parallel_sequences()
         if not 1 <= n_seq_max <= max_seqs:
             raise ValueError(f"n_seq_max must be between 1 and {max_seqs}, not {n_seq_max}")
@@ -310,6 +314,16 @@ class NativeContext:
         params.n_threads = self.n_threads
         params.n_threads_batch = self.n_threads
         params.no_perf = True
+        self._tap: LayerTap | None = None
+        if hidden_layer is not None:
+            n_layer = L.llama_model_n_layer(self.model)
+            if not 0 <= hidden_layer < n_layer:
+                L.llama_model_free(self.model)
+                raise ModelLoadError(
+                    f"{name} has layers 0 to {n_layer - 1}, so its hidden states cannot come from layer {hidden_layer}."
+                )
+            self._tap = LayerTap(hidden_layer, L.llama_model_n_embd(self.model), name)
+            params.cb_eval = self._tap.callback
         clear_errors()
         self.ctx = L.llama_init_from_model(self.model, params)
         if not self.ctx:
@@ -322,8 +336,8 @@ class NativeContext:
         self.memory = L.llama_get_memory(self.ctx)
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_vocab: int = L.llama_vocab_n_tokens(self.vocab)
-        # The width of a hidden-state row (the input of the output layer).
-        self.n_embd: int = L.llama_model_n_embd_out(self.model)
+        # The width of a hidden-state row (the input of the output layer, or the tapped layer's output).
+        self.n_embd: int = self._tap.width if self._tap else L.llama_model_n_embd_out(self.model)
         self._batch = NativeBatch(n_batch)
         # Output rows per decode: llama.cpp keeps a logits buffer as large as the
         # most rows ever asked for at once (n_vocab floats each), so cap it.
@@ -363,24 +377,27 @@ class NativeContext:
         """Decode `rows` in chunks of at most n_batch rows (and `max_outputs` output
         rows); `consume` sees each chunk's output rows before the next chunk.
 
-        With `hidden`, the decode also returns each row's final hidden state
-        (llama.cpp's embeddings with pooling NONE: the input of the output
-        layer). llama.cpp then makes every row of the batch an output, so every
-        row is treated as one here (they are chunked by `max_outputs`)."""
+        With `hidden`, the decode also returns each row's hidden state: the
+        final one (llama.cpp's embeddings with pooling NONE: the input of the
+        output layer), or the tapped layer's output. llama.cpp makes every row
+        of the batch an output for embeddings, so with `hidden` every row is
+        treated as one here (they are chunked by `max_outputs`)."""
         tokens = np.asarray(rows.tokens, np.int32)
         positions = np.asarray(rows.positions, np.int32)
         counts = np.fromiter(map(len, rows.seq_ids), np.int32, len(rows.seq_ids))
         ids = np.fromiter(chain.from_iterable(rows.seq_ids), np.int32)
         outputs = np.ones(len(tokens), np.int8) if hidden else np.asarray(rows.outputs, np.int8)
         id_starts = np.cumsum(counts) - counts
-        if hidden:
+        embeddings = hidden and self._tap is None
+        if embeddings:
             L.llama_set_embeddings(self.ctx, True)
         try:
-            self._decode_chunks(
-                tokens, positions, counts, ids, outputs, id_starts, usage, prefill, consume, should_stop, hidden
-            )
+            with self._tap.armed() if hidden and self._tap else nullcontext():
+                self._decode_chunks(
+                    tokens, positions, counts, ids, outputs, id_starts, usage, prefill, consume, should_stop, hidden
+                )
         finally:
-            if hidden:
+            if embeddings:
                 L.llama_set_embeddings(self.ctx, False)
 
     def _decode_chunks(
@@ -424,7 +441,9 @@ class NativeContext:
             if consume is not None and len(out_rows):
                 logits = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(len(out_rows), self.n_vocab))
                 states = None
-                if hidden:
+                if hidden and self._tap is not None:
+                    states = self._tap.take(end - start)[out_rows - start]
+                elif hidden:
                     pointer = L.llama_get_embeddings(self.ctx)
                     if not pointer:
                         raise EngineError(f"llama.cpp returned no hidden states for {self.name}.")

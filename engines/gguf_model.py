@@ -39,6 +39,7 @@ class GGUFModel:
         n_gpu_layers: int | None = None,
         n_threads: int | None = None,
         flash_attn: str | bool = "auto",
+        hidden_layer: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.name = name or self.path.stem
@@ -52,6 +53,7 @@ class GGUFModel:
             n_gpu_layers=n_gpu_layers,
             n_threads=n_threads,
             flash_attn=flash_attn,
+            hidden_layer=hidden_layer,
         )
         self.n_ctx_train = self._native.n_ctx_train
         self.n_seq_max = n_seq_max

@@ -136,11 +136,13 @@ class LlamaModel(TeacherForcing, GGUFModel):
         flash_attn: str | bool = "auto",
         share_histories: bool = True,
         hidden_states: bool = False,
+        hidden_layer: int | None = None,
         sampling: str | None = None,
     ) -> None:
         """`sampling` says where step tokens are drawn: "device" in llama.cpp's
         graph, "host" in numpy, "auto" (the default, or SPECS_LOCAL_SAMPLING) on
-        the device when the layers are offloaded to a GPU."""
+        the device when the layers are offloaded to a GPU. `hidden_layer`: the
+        hidden states are that layer's output (0-based), not the final state."""
         super().__init__(
             path,
             name=name,
@@ -150,12 +152,14 @@ class LlamaModel(TeacherForcing, GGUFModel):
             n_gpu_layers=n_gpu_layers,
             n_threads=n_threads,
             flash_attn=flash_attn,
+            hidden_layer=hidden_layer if hidden_states else None,
         )
         self.share_histories = share_histories
-        # Sampling and scoring also return the final hidden state at each
+        # Sampling and scoring also return the hidden state at each
         # result's last row (what a value-head reward reads). Prompt prefill
         # never asks for them: llama.cpp would make every prompt row an output.
         self.hidden_states = hidden_states
+        self.hidden_layer = hidden_layer if hidden_states else None  # None: the final state
         self.sampler: Sampler = HostSampler(self.n_vocab)
         mode = sampling or os.environ.get("SPECS_LOCAL_SAMPLING") or "auto"
         self.device_sampling = D.use_device(mode, gpu_layers=self.gpu_layers, name=self.name)

@@ -15,7 +15,9 @@ Measures, in one process on one model:
   kept): equal when nothing is decoded twice;
 - the speed-up of shared-history decoding at temperature 0.2 and 0.8 (the
   same seeds with sharing on and off, which must give the same drafts);
-- resident memory against the model file plus its KV cache.
+- resident memory against the model file plus its KV cache;
+- with `--layer N`, what reading layer N's output costs (a value head on a
+  middle layer): the eval callback unarmed and armed, against no callback.
 
 `--quick` stops after the teacher-forcing measurement. The last line of
 output is one JSON object with these numbers.
@@ -221,6 +223,50 @@ def bench_hidden(model: LlamaModel, n_tokens: int, rounds: int) -> dict[str, flo
     return out
 
 
+def bench_layer_tap(model: LlamaModel, tapped: LlamaModel, n_tokens: int, rounds: int) -> dict[str, float]:
+    """What reading a middle layer's output (a value head on `tapped.hidden_layer`)
+    costs: the same decodes as `bench_hidden` on `model` without hidden states,
+    on `tapped` with its eval callback asked but not armed (as in prefill), and
+    armed, interleaved, as CPU time per token."""
+    runs = {"plain": (model, False), "unarmed": (tapped, False), "armed": (tapped, True)}
+    starts = {name: [m.start(m.format_chat(SYSTEM_PROMPT, q)) for q in QUESTIONS[:4]] for name, (m, _) in runs.items()}
+    pool = model.tokenize(" ".join(QUESTIONS))
+    rng = np.random.default_rng(0)
+    candidates = [[int(t) for t in rng.choice(pool, 64)] for _ in range(4)]
+    cost: dict[str, list[float]] = {f"{kind}_{name}": [] for kind in ("sample", "score") for name in runs}
+    before = tapped.hidden_states
+    for r in range(rounds + 1):  # the first round warms buffers up and is not counted
+        for name, (m, on) in runs.items() if r % 2 else reversed(runs.items()):
+            m.hidden_states = on
+            _, sample_ms = engine_sampling(m, starts[name], n_tokens, seed=r)
+            c0 = time.process_time()
+            scored = m.score([(starts[name][1], c) for c in candidates])
+            score_ms = (time.process_time() - c0) * 1000 / (4 * 64)
+            for result in scored:
+                m.release(result.seq)
+            if r:
+                cost[f"sample_{name}"].append(sample_ms)
+                cost[f"score_{name}"].append(score_ms)
+    tapped.hidden_states = before
+    for name, (m, _) in runs.items():
+        for seq in starts[name]:
+            m.release(seq)
+    med = {k: statistics.median(v) for k, v in cost.items()}
+    out = {
+        f"{kind}_{name}_ratio": round(med[f"{kind}_{name}"] / med[f"{kind}_plain"], 3)
+        for kind in ("sample", "score")
+        for name in ("unarmed", "armed")
+    }
+    say(
+        f"layer {tapped.hidden_layer} tap: sampling 4 rows {med['sample_plain']:.1f} -> unarmed "
+        f"{med['sample_unarmed']:.1f} ({out['sample_unarmed_ratio']:.3f}x), armed {med['sample_armed']:.1f} "
+        f"CPU ms/token ({out['sample_armed_ratio']:.3f}x); teacher forcing {med['score_plain']:.2f} -> unarmed "
+        f"{med['score_unarmed']:.2f} ({out['score_unarmed_ratio']:.3f}x), armed {med['score_armed']:.2f} "
+        f"CPU ms/token ({out['score_armed_ratio']:.3f}x)"
+    )
+    return out
+
+
 class PrefixCounter:
     """Distinct token prefixes of every sequence inserted (a trie's node count)."""
 
@@ -318,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
         default="both",
         help="where the engine draws step tokens: the model's own choice, numpy, llama.cpp's graph, or both side by side",
     )
+    parser.add_argument(
+        "--layer", type=int, help="also measure reading this layer's output (a value head on a middle layer)"
+    )
     parser.add_argument("--quick", action="store_true", help="only the batch and teacher-forcing measurements")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args(argv)
@@ -339,6 +388,17 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, object] = {"sampling": chosen, "batch": bench_batches(model, args.tokens, args.rounds, paths)}
     result["score_tok_s"] = round(bench_score(model), 2)
     result["hidden_states_cost"] = bench_hidden(model, args.tokens, args.rounds)
+    if args.layer is not None:
+        tapped = LlamaModel(
+            args.model,
+            n_threads=args.threads,
+            n_seq_max=32,
+            sampling=sampling,
+            hidden_states=True,
+            hidden_layer=args.layer,
+        )
+        result["layer_tap_cost"] = bench_layer_tap(model, tapped, args.tokens, args.rounds)
+        tapped.close()
     rss = rss_mb()
     budget = (args.model.stat().st_size + model.kv_cache_bytes) / 2**20 + RSS_MARGIN_MB
     say(f"resident memory {rss:.0f} MB, budget {budget:.0f} MB (file + KV cache + {RSS_MARGIN_MB} MB)")
