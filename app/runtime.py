@@ -58,7 +58,10 @@ def open_engines(
     def load(instance: ModelInstance, *, hidden_states: bool = False) -> LlamaModel | RemoteModel:
         if instance.entry.remote:
             return connect(instance)
-        return _load(preset, instance, n_seq_max, threads, n_gpu_layers, hidden_states=hidden_states)
+        layer = head.layer if head is not None and hidden_states else None
+        return _load(
+            preset, instance, n_seq_max, threads, n_gpu_layers, hidden_states=hidden_states, hidden_layer=layer
+        )
 
     spec = preset.preset.reward
     # A value head reads the target's hidden states: load its head before any model.
@@ -144,6 +147,7 @@ def _load(
     n_gpu_layers: int | None,
     *,
     hidden_states: bool = False,
+    hidden_layer: int | None = None,
 ) -> LlamaModel:
     from engines.llama import LlamaModel
 
@@ -160,6 +164,7 @@ def _load(
         n_gpu_layers=n_gpu_layers,
         n_threads=threads,
         hidden_states=hidden_states,
+        hidden_layer=hidden_layer,
     )
 
 
@@ -191,6 +196,7 @@ def value_head_reward(head: ValueHead, preset: ResolvedPreset, target: LlamaMode
     path = preset.preset.reward.head_path
     assert path is not None
     check_head_fits(head, path, model_name=preset.target.entry.name, hidden_size=target.n_embd, model_sha256=None)
+    assert target.hidden_layer == head.layer, "open_engines opens the target at the head's layer"
     return ValueHeadReward(head, model_name=preset.target.entry.name)
 
 
@@ -203,9 +209,14 @@ class TrainingModels:
 
 @contextmanager
 def open_training_models(
-    preset: ResolvedPreset, *, threads: int | None = None, n_gpu_layers: int | None = None
+    preset: ResolvedPreset,
+    *,
+    threads: int | None = None,
+    n_gpu_layers: int | None = None,
+    hidden_layer: int | None = None,
 ) -> Iterator[TrainingModels]:
-    """The draft and the target (hidden states on) of a preset, and a judge on the target."""
+    """The draft and the target (hidden states on, of `hidden_layer` or the
+    final ones) of a preset, and a judge on the target."""
     from engines.reward import build_reward
     from engines.vocab import check_shared_vocab
 
@@ -213,7 +224,9 @@ def open_training_models(
     with ExitStack() as stack:
         target_instance = next(i for i in preset.instances() if "target" in i.roles)
         target = stack.enter_context(
-            _load(preset, target_instance, n_seq_max, threads, n_gpu_layers, hidden_states=True)
+            _load(
+                preset, target_instance, n_seq_max, threads, n_gpu_layers, hidden_states=True, hidden_layer=hidden_layer
+            )
         )
         draft = None
         if (

@@ -1,13 +1,15 @@
-"""A value head: a reward read off the target's own final hidden state.
+"""A value head: a reward read off the target's own hidden state.
 
 reward = sigmoid(w . (h - mean) / std + b), with h the target's hidden state
-(the input of its output layer, after the last norm) at the end of a step,
-which the target already computes when it teacher-forces a draft or samples a
-step of its own. So the reward costs one dot product and no model call.
+at the end of a step (the input of its output layer, after the last norm; or
+the output of one middle layer, which the head file names), which the target
+already computes when it teacher-forces a draft or samples a step of its own.
+So the reward costs one dot product and no model call.
 
 A head file is a small safetensors file: the tensors `weight`, `mean`, `std`
 (float32, hidden size each) and `bias` (one value), and metadata that says
-what it was made for (the target file's sha256 and hidden size) and how well
+what it was made for (the target file's sha256 and hidden size, the layer it
+reads) and how well
 it did (the training data and the held-out AUC table, as JSON). A head is
 only valid for the exact model file it was trained on: loading it against
 another is an error, never a silently wrong reward.
@@ -27,6 +29,7 @@ import numpy as np
 from engines.base import EngineError, ModelUsage, RewardQuery, StopFn, timed
 
 FORMAT = "specs-local value head 1"
+FINAL_LAYER = "final"  # the metadata's `layer` for the final state (also when it is absent)
 
 
 class HeadFileError(EngineError):
@@ -41,6 +44,7 @@ class ValueHead:
     std: np.ndarray  # (hidden,)
     model_sha256: str
     info: Mapping[str, Any] = field(default_factory=dict)  # training data, AUC table, ...
+    layer: int | None = None  # the layer whose output it reads (0-based); None: the final state
 
     @property
     def hidden_size(self) -> int:
@@ -66,6 +70,7 @@ class ValueHead:
             "format": FORMAT,
             "model_sha256": self.model_sha256,
             "hidden_size": str(self.hidden_size),
+            "layer": FINAL_LAYER if self.layer is None else str(self.layer),
             "info": json.dumps(dict(self.info), ensure_ascii=False),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +99,10 @@ def load_head(path: Path) -> ValueHead:
         weight, bias, mean, std = (np.asarray(tensors[k], np.float64) for k in ("weight", "bias", "mean", "std"))
         hidden = int(metadata["hidden_size"])
         info = json.loads(metadata.get("info", "{}"))
+        written = metadata.get("layer", FINAL_LAYER)
+        layer = None if written == FINAL_LAYER else int(written)
+        if layer is not None and layer < 0:
+            raise ValueError(f"layer {layer}")
     except (KeyError, ValueError) as e:
         raise HeadFileError(
             f"The value head {path} is incomplete ({e}); train it again with `specs-local train-head`."
@@ -102,7 +111,7 @@ def load_head(path: Path) -> ValueHead:
         raise HeadFileError(f"The value head {path} has tensors of the wrong shape for hidden size {hidden}.")
     if not (np.isfinite(weight).all() and np.isfinite(mean).all() and (std > 0).all() and math.isfinite(bias[0])):
         raise HeadFileError(f"The value head {path} holds non-finite weights; train it again.")
-    return ValueHead(weight, float(bias[0]), mean, std, metadata.get("model_sha256", ""), info)
+    return ValueHead(weight, float(bias[0]), mean, std, metadata.get("model_sha256", ""), info, layer)
 
 
 def check_head_fits(

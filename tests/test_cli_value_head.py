@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,24 @@ def test_a_value_head_needs_a_head_file(tmp_path: Path, tiny_qwen: Path, monkeyp
     code = main(["solve", "What is 1 + 1?", "--preset", "tiny", "--reward", "value-head"])
     err = capsys.readouterr().err
     assert code == 2 and "needs a head file" in err and "Traceback" not in err
+
+
+def _solve_rewards(capsys) -> list[float]:
+    code = main(["solve", "What is 1 + 1?", "--preset", "tiny-head", "--method", "beam", "--seed", "1", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return [step["reward"] for step in json.loads(out)["steps"] if step.get("reward") is not None]
+
+
+def test_a_head_reads_the_layer_its_file_names(head_preset: Path, tiny_qwen: Path, capsys) -> None:
+    final = _solve_rewards(capsys)
+    replace(_head(TINY_EMBD, _sha(tiny_qwen)), layer=0).save(head_preset)
+    middle = _solve_rewards(capsys)
+    assert final and middle and final != middle
+    assert all(0.0 <= r <= 1.0 for r in middle)
+
+
+def test_a_head_on_a_layer_the_target_lacks(head_preset: Path, tiny_qwen: Path, capsys) -> None:
+    replace(_head(TINY_EMBD, _sha(tiny_qwen)), layer=7).save(head_preset)
+    code, err = _error(capsys)
+    assert code == 2 and "layers 0 to 1" in err and "layer 7" in err and "Traceback" not in err

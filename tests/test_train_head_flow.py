@@ -258,3 +258,24 @@ def test_the_report_measures_the_head_with_the_equation_check(tmp_path: Path) ->
     alone = report.table["value head"]["auc"]
     assert checked is not None and alone is not None
     assert checked > alone + 0.1
+
+
+def test_a_head_on_a_layer_keeps_its_features_apart_and_names_its_layer(tmp_path: Path) -> None:
+    problems = [Problem(f"p{i}", "What is 12 + 30?", "42") for i in range(24)]
+    target = ScriptedModel("target", SCRIPT, states=_state)
+    plans = [RolloutPlan("target", 1.0, 2)]
+    final = HeadTraining(tmp_path / "work", problems, plans)
+    rollouts = final.sample({"target": target})
+    final.features(target, rollouts)
+    layered = HeadTraining(tmp_path / "work", problems, plans, layer=3)
+    calls = target.usage.calls
+    features = layered.features(target, rollouts)
+    # The final states on disk are not a layer's: that layer's are read anew, beside them.
+    assert target.usage.calls > calls
+    assert sorted(p.name for p in (tmp_path / "work").iterdir() if p.is_dir()) == ["features", "features-layer-3"]
+    report = fit_and_report(features, model_sha256="ab" * 32, layer=3)
+    assert report.head.layer == 3
+    report.head.save(tmp_path / "head.safetensors")
+    from engines.value_head import load_head
+
+    assert load_head(tmp_path / "head.safetensors").layer == 3

@@ -10,7 +10,7 @@ import pytest
 
 from app.eval.head_fit import auc, auc_table, fit_head, fit_logistic, split_by_problem
 from engines.base import EngineError, RewardQuery
-from engines.value_head import HeadFileError, ValueHead, ValueHeadReward, check_head_fits, load_head
+from engines.value_head import FORMAT, HeadFileError, ValueHead, ValueHeadReward, check_head_fits, load_head
 
 
 def test_auc_matches_pair_counting_with_ties() -> None:
@@ -120,6 +120,28 @@ def test_head_file_round_trip(tmp_path: Path) -> None:
     assert np.allclose(loaded.rewards(states), head.rewards(states), atol=1e-5)
     expected = 1 / (1 + math.exp(-(((states[0] - head.mean) / head.std) @ head.weight + head.bias)))
     assert loaded.rewards(states)[0] == pytest.approx(expected, abs=1e-5)
+
+
+def test_head_file_keeps_its_layer(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from safetensors.numpy import load_file, save_file
+
+    path = tmp_path / "head.safetensors"
+    _head().save(path)
+    assert load_head(path).layer is None  # the final state
+    replace(_head(), layer=16).save(path)
+    assert load_head(path).layer == 16
+    # Heads written before layers were named read the final state.
+    tensors = load_file(str(path))
+    old = tmp_path / "old.safetensors"
+    save_file(tensors, str(old), metadata={"format": FORMAT, "model_sha256": "f" * 64, "hidden_size": "8"})
+    assert load_head(old).layer is None
+    for bad in ("-1", "middle"):
+        damaged = tmp_path / f"bad{bad}.safetensors"
+        save_file(tensors, str(damaged), metadata={"format": FORMAT, "hidden_size": "8", "layer": bad})
+        with pytest.raises(HeadFileError, match="incomplete"):
+            load_head(damaged)
 
 
 def test_missing_and_damaged_head_files(tmp_path: Path) -> None:

@@ -137,6 +137,13 @@ def select_rows(problems: Sequence[Any], ranges: Sequence[tuple[int, int | None]
     show_default=True,
     help="Most steps that get Monte-Carlo labels (the others keep their outcome), e.g. --mc-steps 1000.",
 )
+@click.option(
+    "--layer",
+    type=click.IntRange(0),
+    default=None,
+    help="Read the target's hidden state at the output of this layer (0-based), e.g. --layer 16, instead of"
+    " the final one. Middle layers often rank steps better; the head file remembers its layer.",
+)
 @runtime_options
 @yes_option()
 def command(
@@ -150,6 +157,7 @@ def command(
     judge_steps: int,
     mc: int,
     mc_steps: int,
+    layer: int | None,
     threads: int | None,
     gpu_layers: int | None,
     yes: bool,
@@ -170,6 +178,7 @@ def command(
       specs-local train-head --preset cpu-dev --dataset gsm8k --rows 200: --out heads/cpu-dev.safetensors
       specs-local train-head --preset laptop --dataset gsm8k --rows 200: --limit 500 --out ~/heads/qwen-math-7b.safetensors
       specs-local train-head --preset cpu-dev --dataset gsm8k --rows 200: --mc 4 --out heads/cpu-dev-mc.safetensors
+      specs-local train-head --preset cpu-dev --dataset gsm8k --rows 200: --layer 16 --out heads/cpu-dev-l16.safetensors
     """
     from app.config import load_catalog
     from app.eval.datasets import load_dataset
@@ -207,6 +216,7 @@ def command(
         judge_steps=judge_steps,
         mc=mc,
         mc_steps=mc_steps,
+        layer=layer,
         dataset=dataset,
         rows=rows,
     )
@@ -246,10 +256,16 @@ def _train(
         judge_steps=options["judge_steps"],
         mc=options["mc"],
         mc_steps=options["mc_steps"],
+        layer=options["layer"],
     )
     t0 = time.monotonic()
     try:
-        with progress, open_training_models(ready, threads=runtime.threads, n_gpu_layers=runtime.gpu_layers) as models:
+        with (
+            progress,
+            open_training_models(
+                ready, threads=runtime.threads, n_gpu_layers=runtime.gpu_layers, hidden_layer=training.layer
+            ) as models,
+        ):
             writers = {"draft": models.draft, "target": models.target}
             rollouts = training.sample(writers)
             features = training.features(models.target, rollouts)
@@ -272,6 +288,7 @@ def _train(
                 judge=judge_fn,
                 labels=labels,
                 false_equation=false_equation_steps(features, rollouts),
+                layer=training.layer,
                 info={
                     "labels": labelled,
                     "dataset": options["dataset"],

@@ -5,7 +5,8 @@ Everything expensive is kept in a work folder beside the head file
 
 - `rollouts.jsonl`: the sampled solutions (see `app.eval.rollouts`);
 - `features/NNNN.npz`: the target's hidden state and the comparison signals
-  of every step, a file per batch of rollouts;
+  of every step, a file per batch of rollouts (`features-layer-N/` for a
+  head on layer N's output);
 - `judge.json`: the judge's reward of held-out steps, for the AUC table;
 - `monte-carlo.jsonl`: with Monte-Carlo labels, how many of k solutions
   written on from a step reached the right answer, a line per step.
@@ -54,7 +55,7 @@ class HeadReport:
         out = [
             f"problems: {self.problems['train']} train, {self.problems['valid']} validation, "
             f"{self.problems['test']} held out; steps {self.steps['train']} / {self.steps['valid']} / {self.steps['test']}; "
-            f"L2 {self.l2:g}",
+            f"L2 {self.l2:g}; hidden state: {'final' if self.head.layer is None else f'output of layer {self.head.layer}'}",
             "",
             "| signal (held-out problems' steps) | AUC | steps |",
             "| --- | ---: | ---: |",
@@ -84,6 +85,9 @@ class HeadTraining:
     # Monte-Carlo labels: k solutions written on from each of up to `mc_steps` steps.
     mc: int = 0
     mc_steps: int = MONTE_CARLO_STEPS
+    # The layer whose output the head reads (None: the final state); the
+    # target must be opened with the same.
+    layer: int | None = None
 
     @property
     def rollouts_path(self) -> Path:
@@ -110,7 +114,7 @@ class HeadTraining:
         return [r for r in read_rollouts(self.rollouts_path) if r.problem in ids and r.plan in keys]
 
     def features(self, target: LanguageModel, rollouts: Sequence[Rollout]) -> StepFeatures:
-        folder = self.work / "features"
+        folder = self.work / ("features" if self.layer is None else f"features-layer-{self.layer}")
         folder.mkdir(parents=True, exist_ok=True)
         parts = [StepFeatures.load(f) for f in sorted(folder.glob("*.npz"))]
         seen = {key.rsplit("/", 1)[0] for part in parts for key in part.keys}
@@ -238,6 +242,7 @@ def fit_and_report(
     info: dict[str, Any] | None = None,
     labels: np.ndarray | None = None,
     false_equation: np.ndarray | None = None,
+    layer: int | None = None,
 ) -> HeadReport:
     """Fit the head (on `labels`, soft ones from `monte_carlo_labels`, or each
     step's outcome) and measure it against the other signals on held-out
@@ -275,7 +280,7 @@ def fit_and_report(
         "validation_auc": {f"{k:g}": v for k, v in fit.valid_auc.items()},
         "held_out_auc": table,
     }
-    head = ValueHead(fit.weight, fit.bias, fit.mean, fit.std, model_sha256, full_info)
+    head = ValueHead(fit.weight, fit.bias, fit.mean, fit.std, model_sha256, full_info, layer)
     return HeadReport(head, table, problems, steps, fit.l2)
 
 
