@@ -3,16 +3,18 @@
 llama.cpp returns only the final hidden state (its embeddings, the input of
 the output layer after the last norm). A value head may read better off a
 middle layer: on the development target (a 28-layer 1.5B), probes on the
-output of layers 16-20 rank steps above the final state's. The one way to a
+output of layers 16-18 rank steps best, above the final state's. The one way to a
 middle layer through llama.cpp's public API is its eval callback
 (`cb_eval`), which the graph scheduler asks before every node whether the
 caller wants that node's result: the tap says yes only for the layer's output
 (`l_out-N`, the residual stream after layer N, every row of the batch) and
 copies it once computed.
 
-The callback is set when the context is made and asked about every node of
-every decode (about 900 for a 28-layer qwen2), so it returns at once while
-not armed: `scripts/bench_engine.py` measures what that costs.
+The callback is set when the context is made (llama.cpp has no call to
+change it later) and is asked about every node of every decode of that
+context (about 960 for the 28-layer 1.5B), so it returns at once while not
+armed: `scripts/bench_engine.py --layer N` measures what that costs. On a GPU
+the scheduler also waits for the device after the tapped layer.
 """
 
 from __future__ import annotations
