@@ -13,7 +13,7 @@ import pytest
 from app.cli import main
 from app.commands.train_head import parse_rows
 from app.config import BUILTIN_HEADS, load_catalog
-from engines.value_head import load_head
+from engines.value_head import check_head_fits, load_head
 
 # GSM8K rows 0-199 are where results are measured; no head may train on them.
 FIRST_TRAINING_ROW = 200
@@ -45,8 +45,9 @@ def test_a_shipped_head_fits_its_presets_target(name: str) -> None:
     head = load_head(path)
     target = catalog.model(preset.target)
     assert preset.reward.model == preset.target  # a head reads the target's own states
-    assert target.sha256 and head.model_sha256 == target.sha256
-    assert head.hidden_size == QWEN_1_5B_HIDDEN
+    assert target.sha256 and head.model_sha256  # so the runtime's check below compares them
+    # The check the runtime makes when it opens the preset (HeadFileError on a mismatch).
+    check_head_fits(head, path, model_name=target.name, hidden_size=QWEN_1_5B_HIDDEN, model_sha256=target.sha256)
     assert head.info["target_file"] == target.file
     if head.layer is not None:
         assert 0 <= head.layer < 28  # the 1.5B's layers
